@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.avret-installed
+
+.PHONY: setup setup-gpu demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# GPU FAISS (CUDA 12): replaces faiss-cpu, which provides the same module.
+setup-gpu: setup
+	$(BIN)/pip uninstall -y faiss-cpu
+	$(BIN)/pip install -q 'faiss-gpu-cu12>=1.9'
+
+# The main job on the embedded default data (vegas-synth, synthetic).
+demo: setup
+	bash scripts/demo.sh
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

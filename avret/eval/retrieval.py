@@ -1,0 +1,462 @@
+"""Cross-modal retrieval metrics: the field's mAP, per-class AP, precision@k and mAP@R.
+
+Definition (matches the reference evaluation code of the audio-visual retrieval literature):
+
+* every query is ranked against the *whole* gallery by cosine similarity (both sides are
+  L2-normalised, then the inner product is taken);
+* a gallery item is relevant to a query when it has the same class label;
+* AP of one query = (sum of precision@rank over the ranks of its relevant items) / (number of
+  relevant items R), over the full ranking; mAP = mean AP over all queries;
+* a query with no relevant gallery item gets AP = 0 (as the reference code does) and is counted in
+  ``n_without_relevant``; no query is ever dropped (the last partial chunk is evaluated too).
+
+Ranking and ties: items are sorted by *descending* float64 cosine similarity; items with exactly
+equal scores are ranked by ascending gallery index (what a stable sort of ``-score`` gives).
+Scores are computed in float64 on purpose: at n = 5,621 a float32 ranking already contains exact
+ties and 1-ulp near-ties in most rows, which makes the AP depend on rounding at the 1e-7 level;
+in float64 the ranking, and so the AP, agrees with a float64 reference to ~1e-15.
+
+Speed: queries are processed in vectorised chunks sized from a memory budget (~256 MB, so
+28,103 x 28,103 runs in bounded memory, every query including the last partial chunk). Each
+chunk is one float64 GEMM, then its rows are split over a few threads (numpy's sort and
+element-wise loops release the GIL). A row is ranked by one non-stable int64 sort of keys that
+hold an order-preserving image of the score with "relevant to this query" in the lowest bit, so
+the relevance of the ranking is read straight off the sorted keys. The rare rows where a relevant
+and an irrelevant item tie (to ~1e-15) are re-ranked with an exact stable float64 argsort, so
+the result is exactly the definition above, ties included.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from avret.errors import DataError
+
+__all__ = [
+    "DEFAULT_KS",
+    "CrossModalReport",
+    "RetrievalMetrics",
+    "cross_modal_report",
+    "format_details",
+    "format_map_table",
+    "retrieval_metrics",
+]
+
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 50, 100)
+
+#: Total working memory the chunked evaluation aims for, across all worker threads.
+MEMORY_BUDGET_BYTES = 256 * 1024**2
+#: Working bytes per (query, gallery) pair of a chunk: float64 scores reused in place as int64
+#: sort keys, the uint8 relevance of the ranking, and headroom for the sort's temporaries.
+_BYTES_PER_PAIR = 16
+
+ClassNames = Sequence[str] | Mapping[int, str]
+Progress = Callable[[int, int], Any]
+
+
+@dataclass
+class RetrievalMetrics:
+    """Retrieval quality of one direction (queries of one modality vs the other's gallery).
+
+    ``ap`` holds the per-query AP in query order; ``per_class_ap`` the mean AP of the queries of
+    each class (only classes that occur among the queries); ``precision_at[k]`` the mean over
+    queries of (relevant items in the top k) / k; ``map_at_r`` the mean of
+    (1/R) * sum of precision@i over relevant items at ranks i <= R (Musgrave et al., 2020).
+    """
+
+    map: float
+    ap: np.ndarray
+    per_class_ap: dict[str, float]
+    precision_at: dict[int, float]
+    map_at_r: float
+    n_queries: int
+    n_gallery: int
+    n_without_relevant: int
+    ap_at_r: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self, include_ap: bool = False) -> dict[str, Any]:
+        """JSON-able summary; the per-query AP list only when ``include_ap`` is true."""
+        out: dict[str, Any] = {
+            "map": float(self.map),
+            "map_at_r": float(self.map_at_r),
+            "precision_at": {str(k): float(v) for k, v in self.precision_at.items()},
+            "per_class_ap": {str(c): float(v) for c, v in self.per_class_ap.items()},
+            "n_queries": int(self.n_queries),
+            "n_gallery": int(self.n_gallery),
+            "n_without_relevant": int(self.n_without_relevant),
+        }
+        if include_ap:
+            out["ap"] = [float(v) for v in self.ap]
+        return out
+
+
+@dataclass
+class CrossModalReport:
+    """Both retrieval directions of a paired audio/visual test set."""
+
+    audio_to_visual: RetrievalMetrics
+    visual_to_audio: RetrievalMetrics
+
+    @property
+    def mean_map(self) -> float:
+        """Average of the audio->visual and visual->audio mAP (the field's headline number)."""
+        return (self.audio_to_visual.map + self.visual_to_audio.map) / 2.0
+
+    def to_dict(self, include_ap: bool = False) -> dict[str, Any]:
+        """JSON-able summary of both directions plus their mean mAP."""
+        return {
+            "audio_to_visual": self.audio_to_visual.to_dict(include_ap),
+            "visual_to_audio": self.visual_to_audio.to_dict(include_ap),
+            "mean_map": float(self.mean_map),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _embeddings(x: Any, name: str) -> np.ndarray:
+    """Return ``x`` as a finite (n, d) float64 array of unit rows, or raise a one-line DataError."""
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise DataError(f"{name} must be a numeric (n, d) array ({exc})") from None
+    if arr.ndim != 2:
+        raise DataError(f"{name} must be a 2-D (n, d) array, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataError(f"{name} must be non-empty, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=True)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise DataError(
+            f"{name} contains NaN or inf in {rows.size} row(s) (first: row {rows[0]}); expected finite values"
+        )
+    norms = np.linalg.norm(arr, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise DataError(
+            f"{name} has {zero.size} all-zero row(s) (first: row {zero[0]}); cosine similarity is undefined"
+        )
+    arr /= norms[:, None]
+    return arr
+
+
+def _labels(y: Any, n: int, name: str, rows_name: str) -> np.ndarray:
+    """Return ``y`` as an int64 label vector of length ``n`` with no -1, or raise a DataError."""
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise DataError(f"{name} must be a 1-D array of class ids, got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise DataError(
+            f"{name} has {arr.shape[0]} entries but {rows_name} has {n} rows; expected one label per row"
+        )
+    if not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or not np.all(arr == np.round(arr)):
+            raise DataError(f"{name} must be integer class ids, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    n_unlabelled = int(np.count_nonzero(arr == -1))
+    if n_unlabelled:
+        raise DataError(
+            f"{name} has {n_unlabelled} unlabelled entries (-1); expected a class id >= 0 for every item"
+        )
+    if arr.size and arr.min() < 0:
+        raise DataError(f"{name} must be class ids >= 0, found {int(arr.min())}")
+    return arr
+
+
+def _class_name(class_names: ClassNames | None, label: int) -> str:
+    if class_names is None:
+        return str(label)
+    try:
+        return str(class_names[label])
+    except (IndexError, KeyError):
+        raise DataError(f"class_names has no entry for class id {label}") from None
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    out = tuple(int(k) for k in ks)
+    if any(k < 1 for k in out) or any(int(k) != k for k in ks):
+        raise DataError(f"ks must be positive integers, got {tuple(ks)}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# core
+
+
+def auto_chunk_size(n_gallery: int, budget_bytes: int = MEMORY_BUDGET_BYTES) -> int:
+    """Queries per chunk so that one chunk's working buffers stay within ``budget_bytes``."""
+    return max(1, int(budget_bytes // (max(1, n_gallery) * _BYTES_PER_PAIR)))
+
+
+def _n_workers() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def _stats_from_hits(
+    rows: np.ndarray, ranks0: np.ndarray, n_rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row AP, AP@R and R from the 0-based ranks of relevant items.
+
+    ``rows``/``ranks0`` list every relevant item, sorted by row then rank. Precision at the i-th
+    relevant hit is i / rank, computed from integers in float64; AP = sum / R (0 when R = 0).
+    """
+    n_rel = np.bincount(rows, minlength=n_rows)
+    starts = np.cumsum(n_rel) - n_rel
+    ordinal = np.arange(1, rows.size + 1, dtype=np.int64) - starts[rows]
+    prec = ordinal / (ranks0 + 1.0)
+    denom = np.maximum(n_rel, 1).astype(np.float64)
+    ap = np.bincount(rows, weights=prec, minlength=n_rows) / denom
+    within_r = ranks0 < n_rel[rows]
+    ap_r = np.bincount(rows[within_r], weights=prec[within_r], minlength=n_rows) / denom
+    return ap, ap_r, n_rel
+
+
+def _hits_at(rel: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
+    """(rows, len(ks)) number of relevant items among the first k of each ranked row."""
+    return np.stack([np.count_nonzero(rel[:, :k], axis=1) for k in ks], axis=1).reshape(rel.shape[0], len(ks))
+
+
+_LOW_BYTE = 0 if sys.byteorder == "little" else 7
+
+
+class _Ranker:
+    """Ranks rows of queries against a fixed gallery; holds the gallery and reusable buffers.
+
+    Per chunk of queries: one float64 GEMM (BLAS uses all cores) into a reused buffer, then the
+    rows are split among threads. Each thread maps its scores s to 2 - s (positive, so its IEEE
+    bits read as int64 grow as s falls; the rounding is monotone, it may merge scores closer than
+    ~4e-16 but never swaps two), replaces the lowest bit by "relevant to this query" and sorts the
+    int64 keys: relevant items then sit where they rank, marked by their low bit. A relevant item
+    whose predecessor has the same key apart from that bit is tied with an irrelevant item (to
+    ~1e-15): such rare rows are ranked again exactly (stable float64 argsort, ties by index).
+    """
+
+    def __init__(self, queries: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray, chunk: int):
+        self.queries = queries
+        self.m = gallery.shape[0]
+        self.gallery_t = np.ascontiguousarray(gallery.T)
+        self.gallery_labels = gallery_labels
+        self.scores = np.empty((chunk, self.m), dtype=np.float64)
+        self.rel = np.empty((chunk, self.m), dtype=np.uint8)
+        self._bits: dict[int, np.ndarray] = {}
+
+    def relevance_bits(self, label: int) -> np.ndarray:
+        """int64 (m,): 1 where the gallery item has class ``label``, else 0."""
+        bits = self._bits.get(label)
+        if bits is None:
+            bits = self._bits[label] = (self.gallery_labels == label).astype(np.int64)
+        return bits
+
+    def prepare(self, labels: np.ndarray) -> None:
+        """Build the relevance bit vectors of these query labels (before any threading)."""
+        for label in np.unique(labels):
+            self.relevance_bits(int(label))
+
+    def exact(self, query_rows: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Relevance of the ranked gallery for some query rows, by an exact stable float64 argsort."""
+        scores = self.queries[query_rows] @ self.gallery_t
+        ranked = np.argsort(-scores, axis=1, kind="stable")
+        rel = np.stack([self.relevance_bits(int(lab))[r] for lab, r in zip(labels, ranked, strict=True)])
+        return rel.astype(np.uint8).reshape(len(query_rows), self.m), ranked
+
+    def rows(
+        self, first: int, labels: np.ndarray, lo: int, hi: int, ks: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """AP, AP@R, hits@k and R of chunk rows ``lo:hi`` (query rows ``first+lo:first+hi``)."""
+        m = self.m
+        x = self.scores[lo:hi]
+        np.subtract(2.0, x, out=x)
+        keys = x.view(np.int64)
+        keys &= ~np.int64(1)
+        # Queries are grouped by class, so each run of equal labels is one broadcast OR.
+        bounds = np.flatnonzero(np.diff(labels)) + 1
+        for a, b in zip(np.r_[0, bounds], np.r_[bounds, hi - lo], strict=True):
+            keys[a:b] |= self.relevance_bits(int(labels[a]))
+        keys.sort(axis=1)
+        rel = self.rel[lo:hi]
+        np.bitwise_and(keys.view(np.uint8)[:, _LOW_BYTE::8], 1, out=rel)
+        flat = np.flatnonzero(rel)
+        rows, ranks0 = np.divmod(flat, m)
+        ap, ap_r, n_rel = _stats_from_hits(rows, ranks0, hi - lo)
+        hits = _hits_at(rel, ks)
+
+        keys_flat = keys.reshape(-1)
+        has_prev = np.flatnonzero(ranks0 > 0)
+        tied = (keys_flat[flat[has_prev] - 1] ^ keys_flat[flat[has_prev]]) == 1
+        redo = np.unique(rows[has_prev[tied]])
+        if redo.size:
+            rel_x, _ = self.exact(first + lo + redo, labels[redo])
+            rows_x, ranks_x = np.divmod(np.flatnonzero(rel_x), m)
+            ap[redo], ap_r[redo], n_rel[redo] = _stats_from_hits(rows_x, ranks_x, redo.size)
+            hits[redo] = _hits_at(rel_x, ks)
+        return ap, ap_r, hits, n_rel
+
+
+def _retrieval_metrics(
+    q: np.ndarray,
+    ql: np.ndarray,
+    g: np.ndarray,
+    gl: np.ndarray,
+    class_names: ClassNames | None,
+    ks: tuple[int, ...],
+    chunk_size: int | None,
+    progress: Progress | None,
+    n_workers: int | None,
+) -> RetrievalMetrics:
+    n, m = q.shape[0], g.shape[0]
+    workers = _n_workers() if n_workers is None else max(1, int(n_workers))
+    chunk = auto_chunk_size(m) if chunk_size is None else int(chunk_size)
+    chunk = max(1, min(chunk, n))
+
+    # Evaluate queries grouped by class (stable), scatter the results back to query order.
+    perm = np.argsort(ql, kind="stable")
+    q_sorted = q[perm]
+    ql_sorted = ql[perm]
+    ranker = _Ranker(q_sorted, g, gl, chunk)
+    ranker.prepare(ql_sorted)
+
+    ap = np.empty(n, dtype=np.float64)
+    ap_r = np.empty(n, dtype=np.float64)
+    hits = np.empty((n, len(ks)), dtype=np.int64)
+    n_rel = np.empty(n, dtype=np.int64)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="avret-eval") if workers > 1 else None
+    try:
+        if progress is not None:
+            progress(0, n)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            cl = ql_sorted[start:stop]
+            np.matmul(q_sorted[start:stop], ranker.gallery_t, out=ranker.scores[: stop - start])
+            edges = np.linspace(0, stop - start, min(workers, stop - start) + 1).astype(int)
+            parts = list(zip(edges[:-1], edges[1:], strict=True))
+
+            def run(part: tuple[int, int], start: int = start, cl: np.ndarray = cl) -> Any:
+                lo, hi = part
+                return ranker.rows(start, cl[lo:hi], lo, hi, ks)
+
+            results = list(pool.map(run, parts)) if pool is not None and len(parts) > 1 else map(run, parts)
+            for (lo, hi), (a, b, h, r) in zip(parts, results, strict=True):
+                sl = slice(start + lo, start + hi)
+                ap[sl], ap_r[sl], hits[sl], n_rel[sl] = a, b, h, r
+            if progress is not None:
+                progress(stop, n)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    inv = np.empty(n, dtype=np.int64)
+    inv[perm] = np.arange(n)
+    ap, ap_r, hits, n_rel = ap[inv], ap_r[inv], hits[inv], n_rel[inv]
+
+    per_class: dict[str, float] = {}
+    for label in np.unique(ql):
+        per_class[_class_name(class_names, int(label))] = float(ap[ql == label].mean())
+    precision_at = {k: float((hits[:, j] / k).mean()) for j, k in enumerate(ks)}
+    return RetrievalMetrics(
+        map=float(ap.mean()),
+        ap=ap,
+        per_class_ap=per_class,
+        precision_at=precision_at,
+        map_at_r=float(ap_r.mean()),
+        n_queries=n,
+        n_gallery=m,
+        n_without_relevant=int(np.count_nonzero(n_rel == 0)),
+        ap_at_r=ap_r,
+    )
+
+
+def retrieval_metrics(
+    queries: Any,
+    query_labels: Any,
+    gallery: Any,
+    gallery_labels: Any,
+    *,
+    class_names: ClassNames | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_size: int | None = None,
+    progress: Progress | None = None,
+    n_workers: int | None = None,
+) -> RetrievalMetrics:
+    """Rank the whole gallery for every query by cosine similarity and score it (see module doc).
+
+    ``queries`` (n, d) and ``gallery`` (m, d) are real arrays; labels are integer class ids (-1,
+    unlabelled, is rejected). ``class_names[label]`` names the classes in ``per_class_ap``
+    (default: the id as a string). ``chunk_size`` queries are ranked at a time (default: from a
+    ~256 MB memory budget); ``progress(n_done, n_total)`` is called after each chunk.
+    ``n_workers`` threads evaluate chunks concurrently (default: the usable CPUs, at most 4).
+    Precision@k divides by k even when k exceeds the gallery size.
+    Raises :class:`~avret.errors.DataError` on empty, non-finite, all-zero-row or mismatched inputs.
+    """
+    q = _embeddings(queries, "queries")
+    g = _embeddings(gallery, "gallery")
+    if q.shape[1] != g.shape[1]:
+        raise DataError(
+            f"queries have dimension {q.shape[1]} but gallery has {g.shape[1]}; expected the same width"
+        )
+    ql = _labels(query_labels, q.shape[0], "query_labels", "queries")
+    gl = _labels(gallery_labels, g.shape[0], "gallery_labels", "gallery")
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise DataError(f"chunk_size must be >= 1, got {chunk_size}")
+    return _retrieval_metrics(q, ql, g, gl, class_names, _check_ks(ks), chunk_size, progress, n_workers)
+
+
+def cross_modal_report(
+    audio_emb: Any,
+    visual_emb: Any,
+    labels: Any,
+    class_names: ClassNames | None = None,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_size: int | None = None,
+    progress: Progress | None = None,
+    n_workers: int | None = None,
+) -> CrossModalReport:
+    """Audio->visual and visual->audio retrieval metrics of a paired test set.
+
+    ``audio_emb[i]`` and ``visual_emb[i]`` embed the same clip, whose class is ``labels[i]``.
+    Audio->visual uses every audio embedding as a query against all visual embeddings, and
+    visual->audio the reverse. ``progress(n_done, n_total)`` counts the queries of both
+    directions together (n_total = 2 n).
+    """
+    a = _embeddings(audio_emb, "audio_emb")
+    v = _embeddings(visual_emb, "visual_emb")
+    if a.shape[1] != v.shape[1]:
+        raise DataError(
+            f"audio_emb has dimension {a.shape[1]} but visual_emb has {v.shape[1]}; expected the same width"
+        )
+    if a.shape[0] != v.shape[0]:
+        raise DataError(
+            f"audio_emb has {a.shape[0]} rows but visual_emb has {v.shape[0]}; expected one pair per clip"
+        )
+    y = _labels(labels, a.shape[0], "labels", "audio_emb")
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise DataError(f"chunk_size must be >= 1, got {chunk_size}")
+    ks_t = _check_ks(ks)
+    n = a.shape[0]
+
+    def shifted(offset: int) -> Progress | None:
+        if progress is None:
+            return None
+        return lambda done, _total: progress(offset + done, 2 * n)
+
+    a2v = _retrieval_metrics(a, y, v, y, class_names, ks_t, chunk_size, shifted(0), n_workers)
+    v2a = _retrieval_metrics(v, y, a, y, class_names, ks_t, chunk_size, shifted(n), n_workers)
+    return CrossModalReport(audio_to_visual=a2v, visual_to_audio=v2a)
+
+
+from avret.eval.report import format_details, format_map_table  # noqa: E402  (re-export)

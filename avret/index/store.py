@@ -1,0 +1,547 @@
+"""AVIndex: a FAISS index over one gallery modality, saved as a self-describing directory.
+
+Directory layout (``format_version`` 1)::
+
+    <dir>/manifest.json   IndexManifest: format_version, modality, dim, count, metric, factory,
+                          model_fingerprint, model_path, dataset, created_at, versions{...}
+    <dir>/metadata.json   {"clip_ids": [str, ...], "labels": [int, ...], "class_names": [str, ...]}
+                          row i of the index is clip_ids[i] with label labels[i]
+                          (-1 = unlabelled); class_names[label] is its class name
+    <dir>/index.faiss     faiss.write_index of the CPU version of the index
+
+The metadata is JSON (not npy) so it is readable by any tool and needs no pickle; 1M ids load in
+about a second. Writing is atomic (:func:`avret.utils.atomic.atomic_dir`): a failed save leaves
+no directory and an existing index is only replaced by a complete new one. Loading checks every
+file against the manifest and refuses a mismatch with one line (:class:`avret.errors.IndexError_`).
+
+Scores are inner products. The towers output L2-normalised vectors, so they are cosine
+similarities; avret does not re-normalise, so the caller passes normalised vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from avret.errors import AvretError, IndexError_, QueryError
+from avret.index.backend import (
+    GPU_MAX_K,
+    Placed,
+    faiss_major,
+    faiss_message,
+    resolve_device,
+    to_cpu,
+    to_device,
+)
+from avret.index.manifest import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    METADATA_FILE,
+    MODALITIES,
+    IndexManifest,
+)
+from avret.utils.atomic import atomic_dir, write_json
+
+#: Queries are searched in chunks of this many rows, bounding temporary memory (GPU especially).
+SEARCH_BATCH = 16384
+
+
+@dataclass
+class SearchResult:
+    """Top-k neighbours of each query, best first.
+
+    Approximate indexes may find fewer than k neighbours; missing slots have ``rows == -1``,
+    ``clip_ids == ""``, ``labels == -1`` and ``scores == -inf``.
+    """
+
+    scores: np.ndarray  # (n, k) float32, descending
+    rows: np.ndarray  # (n, k) int64 positions in the gallery
+    clip_ids: np.ndarray  # (n, k) str
+    labels: np.ndarray  # (n, k) int64
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def to_records(self, class_names: list[str] | None = None) -> list[list[dict[str, Any]]]:
+        """JSON-able neighbours: per query, a list of ``{rank, clip_id, score, label, class}``.
+
+        ``rank`` starts at 1; ``class`` is ``class_names[label]`` (None when unlabelled or no names
+        are given). Missing slots of approximate indexes are left out.
+        """
+        names = list(class_names or [])
+        out: list[list[dict[str, Any]]] = []
+        for qi in range(self.rows.shape[0]):
+            recs: list[dict[str, Any]] = []
+            for j in range(self.rows.shape[1]):
+                if int(self.rows[qi, j]) < 0:
+                    continue
+                label = int(self.labels[qi, j])
+                recs.append(
+                    {
+                        "rank": len(recs) + 1,
+                        "clip_id": str(self.clip_ids[qi, j]),
+                        "score": float(self.scores[qi, j]),
+                        "label": label,
+                        "class": names[label] if 0 <= label < len(names) else None,
+                    }
+                )
+            out.append(recs)
+        return out
+
+
+class AVIndex:
+    """A searchable gallery of one modality's embeddings, with ids, labels and a manifest.
+
+    Create with :meth:`build` (from embeddings) or :meth:`load` (from a directory); the
+    constructor only assembles already-validated parts.
+    """
+
+    def __init__(
+        self,
+        index: Any,
+        manifest: IndexManifest,
+        clip_ids: np.ndarray,
+        labels: np.ndarray,
+        class_names: list[str],
+        *,
+        path: Path | None = None,
+        device: str = "auto",
+        _placed: Placed | None = None,
+    ) -> None:
+        # ``_placed``: build() already put the index on its device; otherwise ``index`` is on the CPU.
+        placed = _placed or to_device(index, resolve_device(device), requested=device)
+        self._index, self._gpu_resources, self.device = placed.index, placed.resources, placed.device
+        self.manifest = manifest
+        self.clip_ids = clip_ids
+        self.labels = labels
+        self.class_names = list(class_names)
+        self.path = path
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def count(self) -> int:
+        """Number of gallery items."""
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        """Embedding width."""
+        return int(self._index.d)
+
+    @property
+    def modality(self) -> str:
+        """Gallery modality (``"audio"`` or ``"visual"``)."""
+        return self.manifest.modality
+
+    @property
+    def faiss_index(self) -> Any:
+        """The underlying FAISS index (on the GPU when :attr:`device` is ``"cuda"``)."""
+        return self._index
+
+    def _where(self) -> str:
+        return f"index {self.path}" if self.path is not None else "index (unsaved)"
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (
+            f"AVIndex(modality={m.modality!r}, count={self.count}, dim={self.dim}, factory={m.factory!r}, "
+            f"device={self.device!r}, path={str(self.path) if self.path else None!r})"
+        )
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        clip_ids: Any,
+        labels: Any,
+        class_names: list[str] | None,
+        *,
+        modality: str,
+        model_fingerprint: str,
+        model_path: str | os.PathLike[str] | None = None,
+        dataset: str | None = None,
+        factory: str = "Flat",
+        device: str = "auto",
+    ) -> AVIndex:
+        """Index ``embeddings`` (n, d) of the gallery ``modality``.
+
+        ``factory`` is a FAISS factory string with inner-product metric; the default ``"Flat"`` is
+        exact search. Indexes needing training (IVF, PQ) are trained on ``embeddings`` and need
+        enough of them (an IVF needs at least nlist vectors). On a GPU (``device``) training and
+        adding run there; :meth:`save` always writes the CPU version.
+        """
+        if modality not in MODALITIES:
+            raise AvretError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
+        if not isinstance(model_fingerprint, str) or not model_fingerprint:
+            raise AvretError(f"model_fingerprint must be a non-empty string, got {model_fingerprint!r}")
+        if not isinstance(factory, str) or not factory.strip():
+            raise AvretError(f"factory must be a non-empty FAISS factory string, got {factory!r}")
+        x = _as_matrix(embeddings, "embeddings")
+        n, d = x.shape
+        if n == 0:
+            raise AvretError("embeddings: cannot build an index of 0 vectors")
+        if not np.isfinite(x).all():
+            bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+            raise AvretError(f"embeddings: row {bad} contains NaN or inf")
+        ids = _as_ids(clip_ids, n, "clip_ids")
+        labs = _as_labels(labels, n, "labels")
+        names = [str(c) for c in (class_names or [])]
+        if names and labs.size and int(labs.max()) >= len(names):
+            raise AvretError(f"labels: label {int(labs.max())} out of range for {len(names)} class_names")
+
+        requested = device
+        dev = resolve_device(device)
+        try:
+            cpu_index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise AvretError(f"invalid FAISS factory string {factory!r}: {faiss_message(exc)}") from None
+        ivf = _ivf_of(cpu_index)
+        if ivf is not None and n < ivf.nlist:
+            raise AvretError(
+                f"factory {factory!r} needs at least {ivf.nlist} vectors to train its {ivf.nlist} lists, "
+                f"got {n}; use fewer lists or 'Flat'"
+            )
+        placed = to_device(cpu_index, dev, requested=requested)
+        index = placed.index
+        if not index.is_trained:
+            try:
+                index.train(x)
+            except RuntimeError as exc:
+                raise AvretError(
+                    f"cannot train factory {factory!r} on {n} vectors: {faiss_message(exc)}"
+                ) from None
+        index.add(x)
+        manifest = IndexManifest(
+            modality=modality,
+            dim=d,
+            count=n,
+            model_fingerprint=model_fingerprint,
+            factory=factory,
+            model_path=str(model_path) if model_path is not None else None,
+            dataset=dataset,
+        )
+        return cls(index, manifest, ids, labs, names, _placed=placed)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the index directory atomically and return its path.
+
+        An existing index directory at ``path`` is replaced only once the new one is complete; an
+        existing directory that is not an index (no manifest.json, not empty) is refused rather
+        than overwritten.
+        """
+        path = Path(path)
+        if path.exists():
+            if not path.is_dir():
+                raise IndexError_(f"cannot save index to {path}: it exists and is not a directory")
+            if any(path.iterdir()) and not (path / MANIFEST_FILE).is_file():
+                raise IndexError_(
+                    f"refusing to overwrite {path}: it exists and is not an avret index directory "
+                    f"(no {MANIFEST_FILE})"
+                )
+        with atomic_dir(path) as tmp:
+            faiss.write_index(to_cpu(self._index, self.device), str(tmp / INDEX_FILE))
+            write_json(
+                tmp / METADATA_FILE,
+                {
+                    "clip_ids": self.clip_ids.tolist(),
+                    "labels": self.labels.tolist(),
+                    "class_names": list(self.class_names),
+                },
+            )
+            # The manifest last: a directory with a manifest is complete.
+            write_json(tmp / MANIFEST_FILE, self.manifest.to_dict())
+        self.path = path
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        expect_modality: str | None = None,
+        expect_fingerprint: str | None = None,
+        device: str = "auto",
+    ) -> AVIndex:
+        """Load and check an index directory.
+
+        Refuses (:class:`IndexError_`, one line naming the file/field) a missing directory or file,
+        an unreadable or unknown-format manifest, an index from another FAISS major version, a
+        gallery modality other than ``expect_modality``, a model fingerprint other than
+        ``expect_fingerprint``, and any disagreement between manifest, metadata and index
+        (dim, count, metric). The cheap checks run before the index file is read.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise IndexError_(f"index directory {path} does not exist")
+        if not path.is_dir():
+            raise IndexError_(
+                f"index {path} is not a directory (an index is a directory with {MANIFEST_FILE})"
+            )
+        manifest = read_manifest(path)
+        mpath = path / MANIFEST_FILE
+
+        built_major = faiss_major(manifest.versions["faiss"])
+        here = str(getattr(faiss, "__version__", "unknown"))
+        if built_major != faiss_major(here):
+            raise IndexError_(
+                f"{mpath}: index was written by faiss {manifest.versions['faiss']} (field 'versions.faiss'), "
+                f"this is faiss {here}; a different major version may not read it; rebuild the index"
+            )
+        if expect_modality is not None:
+            if expect_modality not in MODALITIES:
+                raise AvretError(
+                    f"expect_modality must be one of {list(MODALITIES)}, got {expect_modality!r}"
+                )
+            if manifest.modality != expect_modality:
+                raise IndexError_(
+                    f"index {path} holds {manifest.modality!r} embeddings "
+                    f"({MANIFEST_FILE} field 'modality'), "
+                    f"expected {expect_modality!r}; use the {expect_modality} index"
+                )
+        if expect_fingerprint is not None and manifest.model_fingerprint != expect_fingerprint:
+            raise IndexError_(
+                f"index {path} was built by model {manifest.model_fingerprint[:12]}, but the query model "
+                f"is {str(expect_fingerprint)[:12]}; rebuild the index with this model"
+            )
+
+        clip_ids, labels, class_names = _read_metadata(path / METADATA_FILE, manifest.count)
+
+        ipath = path / INDEX_FILE
+        if not ipath.is_file():
+            raise IndexError_(f"index {path} is missing {INDEX_FILE}")
+        try:
+            index = faiss.read_index(str(ipath))
+        except RuntimeError as exc:
+            raise IndexError_(f"{ipath}: not a readable FAISS index: {faiss_message(exc)}") from None
+        if index.d != manifest.dim:
+            raise IndexError_(
+                f"{mpath}: field 'dim' is {manifest.dim} but {INDEX_FILE} has dimension {index.d}"
+            )
+        if index.ntotal != manifest.count:
+            raise IndexError_(
+                f"{mpath}: field 'count' is {manifest.count} but {INDEX_FILE} holds {index.ntotal} vectors"
+            )
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise IndexError_(f"{ipath}: index metric is not inner product (metric_type {index.metric_type})")
+        return cls(index, manifest, clip_ids, labels, class_names, path=path, device=device)
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> SearchResult:
+        """Top-``k`` gallery items for each query row, by inner product (cosine), best first.
+
+        ``queries`` is (n, d) (a single (d,) vector is taken as n=1); searched in batches of
+        :data:`SEARCH_BATCH`. ``nprobe`` (IVF indexes) and ``ef_search`` (HNSW indexes) trade
+        speed for recall; they apply to this call only.
+        """
+        where = self._where()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise QueryError(f"k must be an integer, got {k!r}")
+        k = int(k)
+        if k < 1:
+            raise QueryError(f"k must be at least 1, got {k}")
+        if k > self.count:
+            raise QueryError(f"k={k} is larger than the gallery ({self.count} items in {where})")
+        if self.device == "cuda" and k > GPU_MAX_K:
+            raise QueryError(f"k={k} exceeds the FAISS GPU limit of {GPU_MAX_K}; use device 'cpu'")
+        q = np.asarray(queries)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2:
+            raise QueryError(f"query must be a 2-D array (n, {self.dim}), got shape {q.shape} ({where})")
+        if q.shape[1] != self.dim:
+            raise QueryError(f"query has width {q.shape[1]}, expected {self.dim} ({where})")
+        if not np.issubdtype(q.dtype, np.number) or np.issubdtype(q.dtype, np.complexfloating):
+            raise QueryError(f"query must be real numbers, got dtype {q.dtype} ({where})")
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        finite = np.isfinite(q).all(axis=1)
+        if not finite.all():
+            raise QueryError(f"query row {int(np.flatnonzero(~finite)[0])} contains NaN or inf ({where})")
+
+        with _search_params(self._index, nprobe, ef_search, where, self.device):
+            n = q.shape[0]
+            scores = np.empty((n, k), dtype=np.float32)
+            rows = np.empty((n, k), dtype=np.int64)
+            for s in range(0, n, SEARCH_BATCH):
+                scores[s : s + SEARCH_BATCH], rows[s : s + SEARCH_BATCH] = self._index.search(
+                    q[s : s + SEARCH_BATCH], k
+                )
+        missing = rows < 0
+        safe = np.where(missing, 0, rows)
+        ids = self.clip_ids[safe]
+        labs = self.labels[safe]
+        if missing.any():
+            ids = np.where(missing, "", ids)
+            labs = np.where(missing, -1, labs)
+            scores = np.where(missing, -np.inf, scores).astype(np.float32)
+        return SearchResult(scores=scores, rows=rows, clip_ids=ids, labels=labs.astype(np.int64))
+
+
+# ---------------------------------------------------------------------- directory helpers
+def read_manifest(path: str | os.PathLike[str]) -> IndexManifest:
+    """Read and validate ``<path>/manifest.json`` (raises :class:`IndexError_`)."""
+    mpath = Path(path) / MANIFEST_FILE
+    if not mpath.is_file():
+        raise IndexError_(f"index {path} is missing {MANIFEST_FILE} (not an avret index directory)")
+    try:
+        raw = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexError_(f"{mpath}: unreadable manifest: {exc}") from None
+    return IndexManifest.from_dict(raw, source=str(mpath))
+
+
+def index_path_for(root: str | os.PathLike[str], modality: str) -> Path:
+    """The index directory to search for gallery ``modality`` under ``root``.
+
+    ``root`` is either an index root holding ``root/visual/`` and ``root/audio/`` (as written by
+    ``avret index build``) or itself a single index directory, which must then hold ``modality``.
+    Raises :class:`IndexError_` when neither fits.
+    """
+    if modality not in MODALITIES:
+        raise AvretError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
+    root = Path(root)
+    if not root.exists():
+        raise IndexError_(f"index directory {root} does not exist")
+    if not root.is_dir():
+        raise IndexError_(f"index {root} is not a directory")
+    sub = root / modality
+    if (sub / MANIFEST_FILE).is_file():
+        return sub
+    if (root / MANIFEST_FILE).is_file():
+        found = read_manifest(root).modality
+        if found != modality:
+            raise IndexError_(
+                f"index {root} holds {found!r} embeddings ({MANIFEST_FILE} field 'modality'), "
+                f"expected {modality!r}, and there is no {sub}/{MANIFEST_FILE}"
+            )
+        return root
+    raise IndexError_(
+        f"no {modality!r} index under {root}: expected {sub}/{MANIFEST_FILE} or {root}/{MANIFEST_FILE}"
+    )
+
+
+def _read_metadata(mpath: Path, count: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if not mpath.is_file():
+        raise IndexError_(f"index {mpath.parent} is missing {METADATA_FILE}")
+    try:
+        raw = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexError_(f"{mpath}: unreadable metadata: {exc}") from None
+    if not isinstance(raw, dict):
+        raise IndexError_(f"{mpath}: expected a JSON object, got {type(raw).__name__}")
+    for key in ("clip_ids", "labels", "class_names"):
+        if not isinstance(raw.get(key), list):
+            raise IndexError_(f"{mpath}: field '{key}' must be a list")
+    names = raw["class_names"]
+    if not all(isinstance(c, str) for c in names):
+        raise IndexError_(f"{mpath}: field 'class_names' must be a list of strings")
+    try:
+        ids = _as_ids(raw["clip_ids"], count, "clip_ids")
+        labs = _as_labels(raw["labels"], count, "labels")
+    except AvretError as exc:
+        raise IndexError_(f"{mpath}: {exc} ({MANIFEST_FILE} count is {count})") from None
+    if names and labs.size and int(labs.max()) >= len(names):
+        raise IndexError_(f"{mpath}: label {int(labs.max())} out of range for {len(names)} class_names")
+    return ids, labs, names
+
+
+# ---------------------------------------------------------------------- validation helpers
+def _as_matrix(x: Any, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise AvretError(f"{name}: expected a 2-D array (n, d), got shape {a.shape}")
+    if a.shape[1] == 0:
+        raise AvretError(f"{name}: expected a positive width, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise AvretError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _as_ids(ids: Any, n: int, name: str) -> np.ndarray:
+    lst = list(ids)
+    if len(lst) != n:
+        raise AvretError(f"{name}: got {len(lst)} ids for {n} vectors")
+    if not all(isinstance(c, (str, np.str_)) for c in lst):
+        raise AvretError(f"{name}: every clip id must be a string")
+    arr = np.asarray(lst, dtype=str) if lst else np.zeros(0, dtype="<U1")
+    if len(set(lst)) != n:
+        uniq, counts = np.unique(arr, return_counts=True)
+        raise AvretError(f"{name}: duplicate clip id {str(uniq[counts > 1][0])!r}")
+    return arr
+
+
+def _as_labels(labels: Any, n: int, name: str) -> np.ndarray:
+    if labels is None:
+        return np.full(n, -1, dtype=np.int64)
+    a = np.asarray(labels)
+    if a.ndim != 1 or a.shape[0] != n:
+        raise AvretError(f"{name}: expected {n} labels (one per vector), got shape {a.shape}")
+    if n and not np.issubdtype(a.dtype, np.integer):
+        raise AvretError(f"{name}: expected integers, got dtype {a.dtype}")
+    a = a.astype(np.int64)
+    if n and int(a.min()) < -1:
+        raise AvretError(f"{name}: labels must be >= 0 (or -1 for unlabelled), got {int(a.min())}")
+    return a
+
+
+def _ivf_of(index: Any) -> Any:
+    """The IVF part of a (possibly wrapped) CPU index, or None."""
+    fn = getattr(faiss, "try_extract_index_ivf", None)
+    if fn is not None:
+        return fn(index)
+    try:
+        return faiss.extract_index_ivf(index)
+    except Exception:
+        return None
+
+
+class _search_params:  # noqa: N801 - used as a context manager, reads like a function
+    """Set nprobe / efSearch for one search call and restore the previous values afterwards."""
+
+    def __init__(
+        self, index: Any, nprobe: int | None, ef_search: int | None, where: str, device: str
+    ) -> None:
+        self.saved: list[tuple[Any, str, Any]] = []
+        self.targets: list[tuple[Any, str, int]] = []
+        if nprobe is not None:
+            if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+                raise QueryError(f"nprobe must be a positive integer, got {nprobe!r}")
+            target = index if hasattr(index, "nprobe") else _ivf_of(index) if device == "cpu" else None
+            if target is None:
+                raise QueryError(f"nprobe applies only to IVF indexes ({where} is {type(index).__name__})")
+            if device == "cuda" and nprobe > GPU_MAX_K:
+                raise QueryError(f"nprobe={nprobe} exceeds the FAISS GPU limit of {GPU_MAX_K}")
+            self.targets.append((target, "nprobe", int(nprobe)))
+        if ef_search is not None:
+            if isinstance(ef_search, bool) or not isinstance(ef_search, (int, np.integer)) or ef_search < 1:
+                raise QueryError(f"ef_search must be a positive integer, got {ef_search!r}")
+            hnsw = getattr(index, "hnsw", None)
+            if hnsw is None:
+                raise QueryError(
+                    f"ef_search applies only to HNSW indexes ({where} is {type(index).__name__})"
+                )
+            self.targets.append((hnsw, "efSearch", int(ef_search)))
+
+    def __enter__(self) -> _search_params:
+        for obj, attr, value in self.targets:
+            self.saved.append((obj, attr, getattr(obj, attr)))
+            setattr(obj, attr, value)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for obj, attr, value in reversed(self.saved):
+            setattr(obj, attr, value)

@@ -1,0 +1,1 @@
+"""Retrieval models: audio/visual towers, the CCA baseline, training and run directories."""

@@ -1,0 +1,54 @@
+"""``avret eval``: audio→visual, visual→audio and mean mAP, plus per-class AP, P@k and mAP@R."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from avret.eval.evaluate import evaluate_paths, protocol
+from avret.eval.report import format_details, format_map_table
+from avret.utils.atomic import write_json
+from cli.common import user_errors
+from cli.options import DataOpt, SynthClipsOpt, SynthSeedOpt, open_dataset
+from cli.progress import progress_bar, status
+
+
+@user_errors
+def evaluate(
+    dataset: str = typer.Option("vegas-synth", "--dataset",
+                                help="vegas-synth | vegas | ave | mosi | mosei | a path (.h5 or folder)"),
+    data: Path | None = DataOpt,
+    model: list[Path] = typer.Option([], "--model", help="Run/model directories (repeatable); "
+                                     "none: train towers + CCA on train and evaluate both"),
+    split: str = typer.Option("test", "--split"),
+    synth_clips: int | None = SynthClipsOpt,
+    synth_seed: int | None = SynthSeedOpt,
+    seed: int = typer.Option(0, "--seed", help="Seed when training here (no --model)"),
+    details: bool = typer.Option(False, "--details", help="Per-class AP, P@k and mAP@R"),
+    json_out: Path | None = typer.Option(None, "--json-out", help="Write all metrics as JSON here"),
+) -> None:
+    """Evaluate cross-modal retrieval: every test clip of one modality queries all of the other."""
+    if dataset in ("mosi", "mosei"):
+        from cli.sentiment import eval_dataset_command
+
+        if data is None or not model:
+            raise typer.BadParameter(f"--dataset {dataset} needs --data PATH and --model RUN")
+        eval_dataset_command(dataset, data, model[0], json_out)
+        return
+    ds = open_dataset(dataset, data, synth_clips, synth_seed)
+    status(ds.describe())
+    with progress_bar("eval queries") as update:
+        if model:
+            rows = evaluate_paths(model, ds, split, progress=lambda d, n: update(d, n))
+        else:
+            rows = protocol(ds, seed=seed, progress=status)
+    title = f"{ds.name} {split} split: {int((ds.split == split).sum())} clips per modality"
+    typer.echo(format_map_table(rows, title=title, synthetic=ds.synthetic))
+    if details:
+        for name, rep in rows.items():
+            typer.echo(f"\n{name}\n{format_details(rep)}")
+    if json_out is not None:
+        write_json(json_out, {"dataset": ds.name, "synthetic": ds.synthetic, "split": split,
+                              "rows": {name: rep.to_dict() for name, rep in rows.items()}})
+        typer.echo(f"wrote {json_out}")

@@ -1,0 +1,86 @@
+"""``avret features``: extract VGGish audio and CLIP / Inception-v3 visual features from media files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.common import echo_json, user_errors
+
+app = typer.Typer(
+    help="Media ingest: audio/video files -> VGGish audio features and CLIP frame embeddings "
+    "(the plain-folder layout that index build, eval and distill read).",
+    no_args_is_help=True,
+)
+
+
+@app.callback()
+def _features() -> None:
+    """Media ingest commands (a group, so that ``extract`` stays a sub-command)."""
+
+
+@app.command("extract")
+@user_errors
+def extract(
+    media: list[Path] = typer.Option(
+        ..., "--media", help="Media folder (recursive), media file or list file (a path a line); repeatable."
+    ),
+    out: Path = typer.Option(..., "--out", help="Features directory to write (resumable)."),
+    vggish: Path = typer.Option(..., "--vggish", help="Local VGGish weights (torchvggish layout, .pth)."),
+    vggish_pca: Path | None = typer.Option(
+        None, "--vggish-pca", help="torchvggish PCA params (.pth): PCA + 8-bit quantisation, de-quantised."
+    ),
+    clip_model: str | None = typer.Option(
+        None, "--clip-model", help="open_clip model name (e.g. ViT-B-32) or path of a model-config .json."
+    ),
+    clip_weights: Path | None = typer.Option(None, "--clip-weights", help="Local CLIP weights file."),
+    fps: float = typer.Option(1.0, "--fps", help="Video frames sampled per second."),
+    max_frames: int = typer.Option(32, "--max-frames", help="Frames per clip at most (spread evenly)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="VGGish examples / frames per forward pass."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader decoding processes (0: in-process)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    labels: Path | None = typer.Option(None, "--labels", help="CSV clip_id,label[,split] for the manifest."),
+    visual: str = typer.Option("clip", "--visual", help="Visual feature: clip | inception."),
+    inception_weights: Path | None = typer.Option(
+        None, "--inception-weights", help="Local torchvision inception_v3 state dict (--visual inception)."
+    ),
+    inception_pca: Path | None = typer.Option(
+        None, "--inception-pca", help="PCA .npz (mean, components) applied to Inception pool features."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run report as JSON."),
+) -> None:
+    """Decode media, compute features in batches and write manifest.csv, audio.npy, visual.npy,
+    teacher_frames.npy/teacher_mask.npy, failures.json and extract_config.json into --out."""
+    from avret.features.extract import ExtractConfig, extract_features
+
+    config = ExtractConfig(
+        vggish=vggish,
+        vggish_pca=vggish_pca,
+        clip_model=clip_model,
+        clip_weights=clip_weights,
+        visual=visual,  # type: ignore[arg-type] - validated by ExtractConfig.validate
+        inception_weights=inception_weights,
+        inception_pca=inception_pca,
+        fps=fps,
+        max_frames=max_frames,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        labels=labels,
+    )
+    report = extract_features(media, out, config, progress=progress and not json_out)
+    if json_out:
+        echo_json(report.to_json())
+        return
+    for f in report.failures[:20]:
+        typer.echo(f"failed: {f['error']}", err=True)
+    if report.n_failed > 20:
+        typer.echo(f"... and {report.n_failed - 20} more (see {out / 'failures.json'})", err=True)
+    typer.echo(
+        f"{report.n_extracted} extracted, {report.n_skipped} already done, {report.n_failed} failed; "
+        f"{report.n_rows} clips in {out} ({report.clips_per_s:.2f} clips/s, "
+        f"decode {report.decode_seconds:.1f} s, "
+        f"models {report.model_seconds:.1f} s on {report.device})"
+    )

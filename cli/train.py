@@ -1,0 +1,34 @@
+"""``avret train``: train retrieval towers (or fit the CCA baseline) without distillation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from avret.models.runs import train_run
+from avret.models.train import TrainConfig
+from cli.common import user_errors
+from cli.options import DataOpt, DatasetOpt, SynthClipsOpt, SynthSeedOpt, open_dataset
+from cli.progress import progress_bar, status
+
+
+@user_errors
+def train(
+    out: Path = typer.Option(Path("runs/towers"), "--out", help="Run directory to write"),
+    model_type: str = typer.Option("towers", "--model-type", help="towers | cca"),
+    dataset: str = DatasetOpt,
+    data: Path | None = DataOpt,
+    synth_clips: int | None = SynthClipsOpt,
+    synth_seed: int | None = SynthSeedOpt,
+    seed: int = typer.Option(0, "--seed"),
+    epochs: int = typer.Option(TrainConfig.epochs, "--epochs"),
+) -> None:
+    """Train a retrieval model on the train split (model selection on a val split carved from it)."""
+    ds = open_dataset(dataset, data, synth_clips, synth_seed)
+    status(ds.describe())
+    cfg = TrainConfig(seed=seed, epochs=epochs)
+    with progress_bar(f"train {model_type}", total=epochs) as update:
+        run = train_run(ds, out, model_type, cfg,
+                        progress=lambda e, n, r: update(e, n, f"val mAP {r['val_map']:.4f}"))
+    typer.echo(f"wrote {run}")

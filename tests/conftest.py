@@ -1,0 +1,28 @@
+"""Shared fixtures: small seeded data sets and a trained tiny model, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_synth():
+    from avret.data import SynthConfig, make_vegas_synth
+
+    return make_vegas_synth(SynthConfig(n_clips=600, seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_synth):
+    """A towers run trained for a few epochs on the tiny synthetic set."""
+    from avret.models.runs import train_run
+    from avret.models.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("runs") / "towers"
+    return train_run(tiny_synth, out, "towers", TrainConfig(epochs=4, batch_size=128, seed=0))

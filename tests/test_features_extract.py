@@ -1,0 +1,281 @@
+"""End-to-end media ingest on generated media: decode, extract (resumable), failures, CLI, media queries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avret.data.folder import load_folder
+from avret.errors import DataError, ModelError
+from avret.features.clip_frames import load_clip
+from avret.features.decode import decode_audio, decode_frames, probe
+from avret.features.extract import (
+    ExtractConfig,
+    assign_clip_ids,
+    clear_model_cache,
+    embed_query_media,
+    extract_features,
+    list_media,
+)
+from avret.features.synthetic_media import write_media
+from avret.features.vggish import VGGish
+
+# ------------------------------------------------------------------ generated media
+
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random-weight VGGish (real layout, reduced widths) and a tiny open_clip model, saved to files."""
+    import open_clip
+
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    torch.save(VGGish((4, 4, 8, 8, 8, 8), (16, 16, 128)).state_dict(), d / "vggish.pth")
+    rng = np.random.default_rng(0)
+    vecs = np.linalg.qr(rng.standard_normal((128, 128)))[0] * 4
+    torch.save({"pca_eigen_vectors": torch.tensor(vecs, dtype=torch.float32),
+                "pca_means": torch.zeros(128)}, d / "pca.pth")
+    cfg = d / "avret-tiny-clip.json"
+    cfg.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(cfg)
+    model = open_clip.create_model("avret-tiny-clip", pretrained=None)
+    torch.save(model.state_dict(), d / "tiny_clip.pt")
+    return {"vggish": d / "vggish.pth", "pca": d / "pca.pth", "clip_cfg": cfg, "clip": d / "tiny_clip.pt"}
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    """Good, short, duplicate-named, track-less, zero-length and corrupt files."""
+    d = tmp_path_factory.mktemp("media")
+    write_media(d / "tone.mp4", seconds=2.0, freq=440.0)
+    write_media(d / "noise.mp4", seconds=1.5, noise=True, freq=7.0)
+    write_media(d / "short.mp4", seconds=0.5, freq=880.0)
+    (d / "sub").mkdir()
+    write_media(d / "sub" / "tone.mp4", seconds=1.2, freq=660.0)
+    write_media(d / "silent_video.mp4", seconds=1.0, audio=False)
+    write_media(d / "audio_only.m4a", seconds=1.0, video=False)
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    return d
+
+
+def _config(models: dict[str, Path], **kw) -> ExtractConfig:
+    base = dict(vggish=models["vggish"], clip_model=str(models["clip_cfg"]), clip_weights=models["clip"],
+                fps=2.0, max_frames=3, batch_size=4, device="cpu")
+    base.update(kw)
+    return ExtractConfig(**base)
+
+
+# ------------------------------------------------------------------ decoding generated media
+
+
+def test_decode_generated_files(media, tmp_path):
+    wav = write_media(tmp_path / "a.wav", seconds=1.25, video=False, sample_rate=16000)
+    wave = decode_audio(wav)
+    assert wave.shape == (20000,) and wave.dtype == np.float32
+    spec = np.abs(np.fft.rfft(wave))
+    assert abs(np.argmax(spec) * 16000 / len(wave) - 440) < 2  # the tone survived
+
+    wave = decode_audio(media / "tone.mp4")  # 44.1 kHz stereo AAC -> 16 kHz mono
+    assert abs(len(wave) / 16000 - 2.0) < 0.05
+    frames, times = decode_frames(media / "tone.mp4", fps=2.0, max_frames=32)
+    assert len(frames) == 4 and np.allclose(times, [0, 0.5, 1.0, 1.5])
+    assert frames[0].size == (64, 48)
+    assert probe(media / "audio_only.m4a").has_video is False
+
+    for name, msg in [("silent_video.mp4", "no audio track"), ("empty.mp4", "zero-length"),
+                      ("corrupt.mp4", "not a readable media file")]:
+        with pytest.raises(DataError, match=msg) as exc:
+            decode_audio(media / name)
+        assert name in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(DataError, match="no video track"):
+        decode_frames(media / "audio_only.m4a")
+
+
+def test_clip_ids_and_media_lists(media, tmp_path):
+    paths = list_media([media])
+    names = [p.relative_to(media).as_posix() for p in paths]
+    assert "sub/tone.mp4" in names and "empty.mp4" in names
+    ids = assign_clip_ids(paths)
+    assert len(set(ids)) == len(ids)
+    assert ids[names.index("tone.mp4")] == f"{media.name}__tone"
+    assert ids[names.index("sub/tone.mp4")] == "sub__tone"
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# two files\n{media / 'tone.mp4'}\n\n{media / 'noise.mp4'}\n")
+    assert [p.name for p in list_media([lst])] == ["tone.mp4", "noise.mp4"]
+    with pytest.raises(DataError, match="no such media"):
+        list_media([tmp_path / "nope"])
+
+
+# ------------------------------------------------------------------ extraction end to end
+
+
+def test_extract_end_to_end_failures_and_resume(models, media, tmp_path):
+    out = tmp_path / "feats"
+    cfg = _config(models)
+    seen: list[tuple[int, int]] = []
+    rep = extract_features([media], out, cfg, progress=lambda d, t: seen.append((d, t)))
+    assert rep.n_media == 8 and rep.n_extracted == 4 and rep.n_failed == 4 and rep.n_skipped == 0
+    assert seen[-1] == (8, 8)
+
+    failures = json.loads((out / "failures.json").read_text())
+    reasons = {Path(f["path"]).name: f["error"] for f in failures}
+    assert set(reasons) == {"silent_video.mp4", "audio_only.m4a", "empty.mp4", "corrupt.mp4"}
+    assert "no audio track" in reasons["silent_video.mp4"] and "no video track" in reasons["audio_only.m4a"]
+    assert "zero-length" in reasons["empty.mp4"]
+    assert all(name in reason and "\n" not in reason for name, reason in reasons.items())
+
+    ds = load_folder(out)
+    assert len(ds.clip_ids) == 4 and set(ds.clip_ids) >= {"noise", "short", "sub__tone"}
+    assert ds.audio.shape == (4, 128) and ds.visual.shape == (4, 32)
+    assert ds.teacher_frames.shape == (4, 3, 32)
+    counts = dict(zip(ds.clip_ids, ds.teacher_mask.sum(1), strict=True))
+    assert counts["short"] == 1 and counts["noise"] == 3  # 0.5 s at 2 fps -> 1; 1.5 s -> 3 (max 3)
+    # visual = mean of the L2-normalised frame embeddings
+    for i in range(4):
+        f = ds.teacher_frames[i][ds.teacher_mask[i]]
+        np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(ds.visual[i], f.mean(0), atol=1e-6)
+    assert not np.allclose(ds.audio[0], ds.audio[1])
+
+    rec = json.loads((out / "extract_config.json").read_text())
+    assert rec["audio"]["dim"] == 128 and rec["visual"]["dim"] == 32 and rec["fps"] == 2.0
+    assert rec["audio"]["weights_sha256"].startswith("sha256:") and rec["versions"]["torch"]
+    assert rec["counts"]["rows"] == 4
+
+    # Resume: nothing redone, the bad files tried and listed again, identical arrays.
+    audio_before = np.load(out / "audio.npy")
+    rep2 = extract_features([media], out, cfg)
+    assert rep2.n_extracted == 0 and rep2.n_skipped == 4 and rep2.n_failed == 4
+    np.testing.assert_array_equal(np.load(out / "audio.npy"), audio_before)
+
+    # A new file: only it is extracted; the final arrays grow by one row.
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    write_media(extra / "late.mp4", seconds=1.0, freq=300.0)
+    rep3 = extract_features([media, extra], out, cfg)
+    assert rep3.n_extracted == 1 and rep3.n_skipped == 4
+    ds3 = load_folder(out)
+    assert len(ds3.clip_ids) == 5 and ds3.clip_ids[-1] == "late"
+    np.testing.assert_array_equal(ds3.audio[:4], audio_before)
+
+    # Other settings into the same directory are refused rather than mixed.
+    with pytest.raises(DataError, match="different settings"):
+        extract_features([media], out, _config(models, fps=1.0))
+
+    # Media queries: same front end and models as the extraction.
+    i = list(ds.clip_ids).index("noise")
+    np.testing.assert_allclose(embed_query_media(media / "noise.mp4", "audio", out), ds.audio[i], atol=1e-5)
+    np.testing.assert_allclose(embed_query_media(media / "noise.mp4", "visual", out), ds.visual[i], atol=1e-5)
+    wav = write_media(tmp_path / "q.wav", seconds=1.0, video=False, sample_rate=16000)
+    assert embed_query_media(wav, "audio", out).shape == (128,)
+    with pytest.raises(DataError, match="no video track"):
+        embed_query_media(wav, "visual", out)
+
+
+def test_extract_with_pca_and_labels(models, media, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("clip_id,label,split\nnoise,dog,train\nshort,cat,val\n")
+    out = tmp_path / "feats"
+    cfg = _config(models, vggish_pca=models["pca"], labels=labels, max_frames=2)
+    rep = extract_features([media / "noise.mp4", media / "short.mp4", media / "corrupt.mp4"], out, cfg)
+    assert rep.n_extracted == 2 and rep.n_failed == 1
+    ds = load_folder(out)
+    assert list(ds.clip_ids) == ["noise", "short"] and ds.class_names == ["cat", "dog"]
+    assert list(ds.split) == ["train", "val"] and list(ds.labels) == [1, 0]
+    # postprocessed (0..255) then de-quantised as (x - 128) / 256
+    assert ds.audio.min() >= -0.5 and ds.audio.max() < 0.5
+    assert json.loads((out / "extract_config.json").read_text())["audio"]["postprocessed"] is True
+
+
+def test_model_errors_are_one_line(models, media, tmp_path):
+    clear_model_cache()
+    with pytest.raises(ModelError, match="does not fit CLIP model"):
+        load_clip(str(models["clip_cfg"]), models["vggish"])
+    with pytest.raises(ModelError, match="not found"):
+        load_clip(str(models["clip_cfg"]), tmp_path / "none.pt")
+    with pytest.raises(ModelError, match="not an open_clip model name"):
+        load_clip("no-such-model", models["clip"])
+    with pytest.raises(ModelError, match="needs --clip-model"):
+        extract_features([media], tmp_path / "o", ExtractConfig(vggish=models["vggish"]))
+    bad = _config(models, clip_weights=models["vggish"])
+    with pytest.raises(ModelError) as exc:
+        extract_features([media / "noise.mp4"], tmp_path / "o2", bad)
+    assert "\n" not in str(exc.value)
+    # A failed start leaves no shards, so the corrected command may reuse the directory.
+    assert extract_features([media / "noise.mp4"], tmp_path / "o2", _config(models)).n_extracted == 1
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_extract(models, media, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.features import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli_feats"
+    args = ["extract", "--media", str(media / "tone.mp4"), "--media", str(media / "empty.mp4"),
+            "--out", str(out), "--vggish", str(models["vggish"]), "--clip-model", str(models["clip_cfg"]),
+            "--clip-weights", str(models["clip"]), "--fps", "1", "--max-frames", "4", "--workers", "1",
+            "--device", "cpu", "--no-progress"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "1 extracted" in res.output and "1 failed" in res.output
+    ds = load_folder(out)
+    assert list(ds.clip_ids) == ["tone"] and int(ds.teacher_mask.sum()) == 2
+
+    res = runner.invoke(app, ["extract", "--media", str(media), "--out", str(tmp_path / "x"),
+                              "--vggish", str(tmp_path / "missing.pth"), "--clip-model", "ViT-B-32",
+                              "--clip-weights", str(models["clip"])])
+    assert res.exit_code == 2
+    assert "error:" in res.output and "missing.pth" in res.output
+
+
+# ------------------------------------------------------------------ Inception-v3 (optional visual)
+
+
+def test_inception_features_with_pca(tmp_path, media):
+    from torchvision.models import inception_v3
+
+    from avret.features.inception import fit_pca, load_inception, save_pca
+
+    # Random weights without torchvision's slow init: allocate on meta, then fill cheaply.
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        net = inception_v3(weights=None, aux_logits=False, init_weights=False)
+    net = net.to_empty(device="cpu")
+    for name, t in net.state_dict().items():
+        if name.endswith("running_var") or name.endswith(".weight") and t.ndim == 1:
+            t.fill_(1.0)
+        elif t.ndim <= 1:
+            t.zero_()
+        else:
+            t.normal_(0.0, 0.05)
+    torch.save(net.state_dict(), tmp_path / "inception.pth")
+    enc = load_inception(tmp_path / "inception.pth")
+    frames, _ = decode_frames(media / "tone.mp4", fps=1.0, max_frames=1)
+    assert enc.transform(frames[0]).shape == (3, 299, 299)
+    # The model itself on small inputs (Inception-v3 takes >= 75 px), to keep the test fast on 2 cores.
+    small = torch.randn(2, 3, 80, 80)
+    feats = enc.encode(small)
+    assert feats.shape == (2, 2048) and np.isfinite(feats).all()
+    mean, comps = fit_pca(np.random.default_rng(0).standard_normal((8, 2048)), 4)
+    save_pca(tmp_path / "pca.npz", mean, comps)
+    enc_pca = load_inception(tmp_path / "inception.pth", tmp_path / "pca.npz")
+    np.testing.assert_allclose(enc_pca.encode(small), (feats - mean) @ comps.T, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ModelError, match="does not fit"):
+        torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "bad.pth")
+        load_inception(tmp_path / "bad.pth")
