@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from cli import distill, features, index, search, sentiment, train
 from cli import eval as eval_cmd
-from cli import index, search, train
 
 app = typer.Typer(
     help="avret: audio-visual retrieval with multimodal knowledge distillation.",
@@ -13,9 +13,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("train")(train.train)
+app.command("distill")(distill.distill)
 app.command("eval")(eval_cmd.evaluate)
 app.add_typer(index.app, name="index")
 app.add_typer(search.app, name="search")
+app.add_typer(features.app, name="features")
+app.add_typer(sentiment.app, name="sentiment")
 
 if __name__ == "__main__":  # pragma: no cover
     app()

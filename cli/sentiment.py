@@ -55,6 +55,8 @@ def train(
     max_len: int = typer.Option(64, "--max-len", min=2),
     pooling: str = typer.Option("mean", "--pooling", help="mean | cls"),
     head: str = typer.Option("linear", "--head", help="linear | mlp"),
+    head_init: str = typer.Option("mean", "--head-init",
+                                  help="mean | ridge (LP-FT: start the linear head at the ridge probe)."),
     teacher_scores: Path | None = typer.Option(None, "--teacher-scores",
                                                help="CSV id,score from a teacher (covers the train split)."),
     distill: str | None = typer.Option(None, "--distill",
@@ -79,7 +81,8 @@ def train(
     if distill is not None and distill not in DISTILL_SOURCES:
         raise AvretError(f"--distill is {distill!r} (expected one of {', '.join(DISTILL_SOURCES)})")
     cfg = TrainConfig(epochs=epochs, seed=seed, lr=lr, head_lr=head_lr, batch_size=batch_size,
-                      max_len=max_len, pooling=pooling, head=head, alpha=alpha, distill_loss=distill_loss)
+                      max_len=max_len, pooling=pooling, head_init=head_init, head=head, alpha=alpha,
+                      distill_loss=distill_loss)
     try:
         cfg.validate()
     except ValueError as exc:
@@ -99,7 +102,8 @@ def train(
 
         console.print("training the VideoAdviser teacher (step 1) ...")
         scores, info = teacher_scores_from_videoadviser(
-            examples, encoder=None, seed=seed, k_folds=teacher_folds, epochs=teacher_epochs, log=console.print)
+            examples, encoder=None, seed=seed, k_folds=teacher_folds, epochs=teacher_epochs,
+            log=console.print)
         meta["teacher"] = {"source": "videoadviser", **info, "alpha": alpha, "distill_loss": distill_loss}
     else:
         meta["teacher"] = None

@@ -149,3 +149,18 @@ def test_ridge_closed_form_and_selection(encoder_dir: Path) -> None:
     assert sel.alpha == 1e-6 and set(sel.dev_mae) == {1e-6, 1e3}
     emb = embed_texts(["good film", "bad"], encoder=encoder_dir)
     assert emb.shape == (2, 32) and np.isfinite(emb).all()
+
+
+def test_ridge_head_init_reproduces_the_probe(encoder_dir: Path) -> None:
+    from avret.sentiment.train import init_head_by_ridge
+
+    ex = tiny_examples()
+    train = [e for e in ex if e.split == "train"]
+    dev = [e for e in ex if e.split == "dev"]
+    m = SentimentStudent.from_encoder(encoder_dir)
+    alpha = init_head_by_ridge(m, train, dev)
+    emb = embed_texts([e.text for e in train + dev], encoder=encoder_dir)
+    ref = ridge_select(emb[:len(train)], np.array([e.label for e in train]), emb[len(train):],
+                       np.array([e.label for e in dev]))
+    assert alpha == ref.alpha
+    np.testing.assert_allclose(m.predict([e.text for e in dev]), ref.predict(emb[len(train):]), atol=1e-4)

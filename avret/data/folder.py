@@ -84,7 +84,7 @@ def load_folder(path: str | Path, name: str | None = None) -> AVDataset:
         class_names = sorted({lab for lab in label_names if lab})
     index = {c: i for i, c in enumerate(class_names)}
     labels = []
-    for cid, lab in zip(ids, label_names):
+    for cid, lab in zip(ids, label_names, strict=True):
         if lab and lab not in index:
             raise DataError(f"{root / MANIFEST}: clip '{cid}' has label '{lab}', which is not in {root / CLASSES}")
         labels.append(index[lab] if lab else UNLABELLED)

@@ -272,7 +272,7 @@ class _Ranker:
         scores = self.queries[query_rows] @ self.gallery_t
         ranked = np.argsort(-scores, axis=1, kind="stable")
         rel = np.stack([self.relevance_bits(int(lab))[r] for lab, r in zip(labels, ranked, strict=True)])
-        return rel.astype(np.uint8).reshape(len(query_rows), self.m), ranked
+        return rel.astype(bool).reshape(len(query_rows), self.m), ranked
 
     def rows(
         self, first: int, labels: np.ndarray, lo: int, hi: int, ks: tuple[int, ...]
@@ -288,8 +288,8 @@ class _Ranker:
         for a, b in zip(np.r_[0, bounds], np.r_[bounds, hi - lo], strict=True):
             keys[a:b] |= self.relevance_bits(int(labels[a]))
         keys.sort(axis=1)
-        rel = self.rel[lo:hi]
-        np.bitwise_and(keys.view(np.uint8)[:, _LOW_BYTE::8], 1, out=rel)
+        np.bitwise_and(keys.view(np.uint8)[:, _LOW_BYTE::8], 1, out=self.rel[lo:hi])
+        rel = self.rel[lo:hi].view(bool)  # 0/1 bytes; bool gets numpy's fast nonzero paths
         flat = np.flatnonzero(rel)
         rows, ranks0 = np.divmod(flat, m)
         ap, ap_r, n_rel = _stats_from_hits(rows, ranks0, hi - lo)
@@ -299,11 +299,13 @@ class _Ranker:
         has_prev = np.flatnonzero(ranks0 > 0)
         tied = (keys_flat[flat[has_prev] - 1] ^ keys_flat[flat[has_prev]]) == 1
         redo = np.unique(rows[has_prev[tied]])
-        if redo.size:
-            rel_x, _ = self.exact(first + lo + redo, labels[redo])
+        step = max(1, (hi - lo) // 8)  # bounded extra memory even if every row must be redone
+        for i in range(0, redo.size, step):
+            part = redo[i : i + step]
+            rel_x, _ = self.exact(first + lo + part, labels[part])
             rows_x, ranks_x = np.divmod(np.flatnonzero(rel_x), m)
-            ap[redo], ap_r[redo], n_rel[redo] = _stats_from_hits(rows_x, ranks_x, redo.size)
-            hits[redo] = _hits_at(rel_x, ks)
+            ap[part], ap_r[part], n_rel[part] = _stats_from_hits(rows_x, ranks_x, part.size)
+            hits[part] = _hits_at(rel_x, ks)
         return ap, ap_r, hits, n_rel
 
 

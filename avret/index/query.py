@@ -34,11 +34,13 @@ class SearchAnswer:
     def to_records(self) -> list[dict]:
         return [
             {"query": name, "results": recs}
-            for name, recs in zip(self.query_names, self.result.to_records(self.class_names))
+            for name, recs in zip(self.query_names, self.result.to_records(self.class_names), strict=True)
         ]
 
 
-def open_index(index_root: str | Path, direction: str, model: str | Path | None = None) -> tuple[AVIndex, Embedder]:
+def open_index(
+    index_root: str | Path, direction: str, model: str | Path | None = None
+) -> tuple[AVIndex, Embedder]:
     """Load the gallery index for ``direction`` and the model whose embeddings it holds (checked)."""
     if direction not in GALLERY_FOR:
         raise QueryError(f"direction '{direction}': expected one of {sorted(GALLERY_FOR)}")
@@ -73,8 +75,10 @@ def query_features(
         from avret.features import embed_query_media
 
         if media_config is None:
-            raise QueryError(f"{path}: a media query needs --features DIR (the features directory whose "
-                             "extract_config.json names the audio/visual front-end weights)")
+            raise QueryError(
+                f"{path}: a media query needs --features DIR (the features directory whose "
+                "extract_config.json names the audio/visual front-end weights)"
+            )
         return [path.name], embed_query_media(path, modality, media_config)[None, :]
     spec = dataset or index.manifest.dataset
     if spec is None:
@@ -94,8 +98,6 @@ def search(
 ) -> SearchAnswer:
     """``audio-to-video`` or ``video-to-audio`` search for ``query`` (see module docstring)."""
     index, embedder = open_index(index_root, direction, model)
-    if k < 1 or k > index.count:
-        raise QueryError(f"k={k}: expected 1 <= k <= {index.count} (gallery size of index {index_root})")
     names, feats = query_features(query, direction, index, embedder, dataset, data, media_config)
     emb = embedder.embed(QUERY_FOR[direction], feats)
     return SearchAnswer(direction, names, index.search(emb, k), index.class_names)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avret.errors import ModelError
 from avret.models.base import check_features, l2_normalize
 from avret.models.serialization import (
     config_from_dict,
@@ -22,7 +23,6 @@ from avret.models.serialization import (
     read_config,
     save_model_dir,
 )
-from avret.errors import ModelError
 
 
 @dataclass

@@ -22,8 +22,8 @@ from avret.data.dataset import AVDataset
 from avret.data.registry import dataset_ref
 from avret.errors import ModelError
 from avret.models.cca import CCAModel
-from avret.models.train import TrainConfig, TrainResult, train_towers
 from avret.models.towers import TowerConfig
+from avret.models.train import TrainConfig, TrainResult, train_towers
 from avret.utils.atomic import atomic_dir
 from avret.utils.versions import library_versions, utc_timestamp
 

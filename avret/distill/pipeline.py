@@ -1,0 +1,158 @@
+"""A distillation run: teacher → step 1 → step 2 → deployed towers, in a resumable run directory.
+
+::
+
+    RUN/
+      teacher/          the VideoAdviser teacher (config.json + model.safetensors; frozen CLIP by reference)
+      step1.json        the fitted relevance head (temperature) and teacher validation scores
+      model/            the deployed towers (identical architecture for every method)
+      run.json          method, options, seed, data set, timings, selection history, versions
+
+Each piece is written atomically as soon as it is done; re-running the same command skips the
+finished pieces (a finished teacher is reused when its settings match), so an interrupted run
+resumes. The test split is never used: the teacher, the relevance head and the towers are all
+selected on the same validation split carved from ``train``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avret.data.dataset import AVDataset
+from avret.distill.methods import METHODS, NEEDS_TEACHER, TeacherOutputs, build_method
+from avret.errors import AvretError
+from avret.models.runs import run_metadata, write_run
+from avret.models.towers import TowerConfig
+from avret.models.train import TrainConfig, train_towers
+from avret.utils.atomic import write_json
+
+Status = Callable[[str], None]
+
+
+@dataclass
+class DistillConfig:
+    """Settings of a distillation run (recorded in ``run.json``)."""
+
+    method: str = "videoadviser"
+    clip_model: str | None = None  # None: the small synthetic CLIP (synthetic data only)
+    clip_weights: str | None = None  # None: random-init (synthetic data only)
+    prompt_conditioning: str = "per-clip"
+    pooling: str = "mean"
+    teacher_use_audio: bool = False
+    teacher_epochs: int = 20
+    teacher_lr: float = 2e-3
+    teacher_batch_size: int = 64
+    student_target: str = "pairwise"
+    weight: float = 1.0
+    kd_temperature: float = 4.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def teacher_key(self) -> dict[str, Any]:
+        """Settings that define the teacher (a saved teacher is reused only when these match)."""
+        keys = ("clip_model", "clip_weights", "prompt_conditioning", "pooling", "teacher_use_audio",
+                "teacher_epochs", "teacher_lr", "teacher_batch_size")
+        return {k: getattr(self, k) for k in keys}
+
+
+def _teacher_outputs(dataset: AVDataset, config: DistillConfig, out: Path, seed: int, status: Status,
+                     dataset_ref: str) -> tuple[TeacherOutputs, dict[str, Any]]:
+    from avret.distill.step1 import RelevanceHead, fit_relevance_head
+    from avret.distill.synthetic_clip import register_synthetic_clip
+    from avret.distill.teacher import VideoAdviserTeacher, teacher_config_for_dataset, train_teacher_on_dataset
+
+    clip_model = config.clip_model or register_synthetic_clip()
+    key = {**config.teacher_key(), "seed": seed, "dataset": dataset_ref}
+    tdir, step1_file = out / "teacher", out / "step1.json"
+    saved = json.loads(step1_file.read_text()) if step1_file.is_file() else None
+    started = time.perf_counter()
+    if saved is not None and saved.get("teacher_key") == key and (tdir / "config.json").is_file():
+        status(f"reusing teacher in {tdir}")
+        teacher = VideoAdviserTeacher.from_pretrained(tdir)
+        info = saved
+    else:
+        tcfg = teacher_config_for_dataset(
+            dataset, clip_model, config.clip_weights, use_audio=config.teacher_use_audio,
+            prompt_conditioning=config.prompt_conditioning, pooling=config.pooling, seed=seed,
+        )
+        teacher = VideoAdviserTeacher(tcfg)
+        status(f"training teacher ({config.prompt_conditioning} prompts, {clip_model})")
+        hist = train_teacher_on_dataset(teacher, dataset, epochs=config.teacher_epochs, lr=config.teacher_lr,
+                                        batch_size=config.teacher_batch_size, seed=seed, num_threads=1)
+        teacher.save_pretrained(tdir)
+        info = {"teacher_key": key, "teacher_history": hist, "teacher_seconds": time.perf_counter() - started}
+    use_audio = bool(config.teacher_use_audio)
+    train, val = dataset.subset("train"), dataset.subset("val")
+    logits = teacher.predict_logits(train.teacher_frames, train.teacher_mask, train.audio if use_audio else None)
+    post = torch.softmax(logits, dim=-1)
+    val_post = teacher.predict_proba(val.teacher_frames, val.teacher_mask, val.audio if use_audio else None)
+    head = RelevanceHead()
+    if "tau" in info:
+        head = RelevanceHead(init_tau=float(info["tau"]))
+    else:
+        status("step 1: fitting the relevance head")
+        fit = fit_relevance_head(head, post, train.labels, val=(val_post, val.labels), seed=seed)
+        info = {**info, "tau": head.tau.item(), "step1": fit,
+                "teacher_val_accuracy": float((val_post.argmax(1).numpy() == val.labels).mean())}
+        write_json(step1_file, info)
+    return TeacherOutputs(logits, post, head), info
+
+
+def run_distillation(
+    dataset: AVDataset,
+    out: str | Path,
+    config: DistillConfig | None = None,
+    train_config: TrainConfig | None = None,
+    tower_config: TowerConfig | None = None,
+    status: Status | None = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> Path:
+    """Train the teacher (unless ``none``), fit step 1, distil into the towers; write ``out``."""
+    from avret.data.registry import dataset_ref
+
+    cfg = config or DistillConfig()
+    tcfg = train_config or TrainConfig()
+    say = status or (lambda _msg: None)
+    if cfg.method not in METHODS:
+        raise AvretError(f"--method '{cfg.method}': expected one of {sorted(METHODS)}")
+    out = Path(out)
+    if (out / "run.json").is_file() and (out / "model" / "config.json").is_file():
+        done = json.loads((out / "run.json").read_text())
+        if done.get("method") == cfg.method and done.get("seed") == tcfg.seed:
+            say(f"{out} is complete (method {cfg.method}, seed {tcfg.seed}); nothing to do")
+            return out
+    dataset = dataset.with_validation_split(tcfg.val_fraction, seed=tcfg.seed)
+    ref = dataset_ref(dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher_out, teacher_info = None, {}
+    if cfg.method in NEEDS_TEACHER:
+        teacher_out, teacher_info = _teacher_outputs(dataset, cfg, out, tcfg.seed, say, ref)
+    tower_cfg = tower_config or TowerConfig()
+    options = {"weight": cfg.weight, "kd_temperature": cfg.kd_temperature,
+               "student_target": cfg.student_target, **cfg.options}
+    aux = build_method(cfg.method, teacher_out, tower_cfg.embed_dim, options)
+    say(f"training towers (method {cfg.method})")
+    result = train_towers(dataset, tower_cfg, tcfg, aux_loss=aux, progress=progress)
+    meta = run_metadata(
+        dataset, cfg.method, "towers", tcfg.seed,
+        distill_config=asdict(cfg), train_config=asdict(tcfg), tower_config=asdict(result.model.config),
+        best_epoch=result.best_epoch, best_val_map=result.best_val_map, train_seconds=result.seconds,
+        teacher={k: v for k, v in teacher_info.items() if k not in ("teacher_history", "step1")},
+        history=result.history,
+    )
+    # write_run replaces the directory atomically; keep the teacher pieces by writing into it.
+    keep = {p.name: p for p in out.iterdir() if p.name in ("teacher", "step1.json")}
+
+    def copy_teacher(tmp: Path) -> None:
+        import shutil
+
+        for name, src in keep.items():
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)
+
+    return write_run(out, result.model, meta, extra=copy_teacher)

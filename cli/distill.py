@@ -1,0 +1,44 @@
+"""``avret distill``: teacher → step 1 → step 2 into the retrieval towers (resumable run directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from avret.distill.pipeline import DistillConfig, run_distillation
+from avret.models.train import TrainConfig
+from cli.common import user_errors
+from cli.options import DataOpt, DatasetOpt, SynthClipsOpt, SynthSeedOpt, open_dataset
+from cli.progress import progress_bar, status
+
+
+@user_errors
+def distill(
+    method: str = typer.Option("videoadviser", "--method", help="none | kd | videoadviser"),
+    out: Path = typer.Option(Path("runs/distill"), "--out", help="Run directory (resumable)"),
+    dataset: str = DatasetOpt,
+    data: Path | None = DataOpt,
+    synth_clips: int | None = SynthClipsOpt,
+    synth_seed: int | None = SynthSeedOpt,
+    clip_model: str | None = typer.Option(None, "--clip-model", help="open_clip architecture (or config .json)"),
+    clip_weights: str | None = typer.Option(None, "--clip-weights", help="Local CLIP checkpoint (never downloaded)"),
+    prompts: str = typer.Option("per-clip", "--prompts", help="per-clip (video-enhanced) | shared (CoOp)"),
+    pooling: str = typer.Option("mean", "--pooling", help="mean | transformer"),
+    teacher_audio: bool = typer.Option(False, "--teacher-audio", help="Condition prompts on audio too"),
+    teacher_epochs: int = typer.Option(20, "--teacher-epochs"),
+    student_target: str = typer.Option("pairwise", "--student-target", help="pairwise | per-clip"),
+    weight: float = typer.Option(1.0, "--weight", help="Weight of the distillation term"),
+    seed: int = typer.Option(0, "--seed"),
+    epochs: int = typer.Option(TrainConfig.epochs, "--epochs", help="Student (tower) epochs at most"),
+) -> None:
+    """Distil a teacher into the audio/visual towers; the deployed towers are the same for every method."""
+    ds = open_dataset(dataset, data, synth_clips, synth_seed)
+    status(ds.describe())
+    cfg = DistillConfig(method=method, clip_model=clip_model, clip_weights=clip_weights,
+                        prompt_conditioning=prompts, pooling=pooling, teacher_use_audio=teacher_audio,
+                        teacher_epochs=teacher_epochs, student_target=student_target, weight=weight)
+    with progress_bar(f"distill ({method}) towers", total=epochs) as update:
+        run = run_distillation(ds, out, cfg, TrainConfig(seed=seed, epochs=epochs), status=status,
+                               progress=lambda e, n, r: update(e, n, f"val mAP {r['val_map']:.4f}"))
+    typer.echo(f"wrote {run}")

@@ -1,0 +1,114 @@
+"""Step 2 losses, the method registry, and distillation runs end to end (tiny, seeded)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from avret.distill.methods import METHODS, TeacherOutputs, build_method
+from avret.distill.step1 import RelevanceHead
+from avret.distill.step2 import LogitKDLoss, PairwiseRelevanceLoss, kd_kl
+from avret.errors import AvretError
+from avret.models.base import load_model
+from avret.models.train import Batch
+from cli.main import app
+
+SYNTH = ["--synth-clips", "300", "--synth-seed", "3"]
+
+
+def test_kd_kl_hand_computed():
+    t = torch.tensor([[math.log(3.0), 0.0]])  # teacher posterior (0.75, 0.25) at T=1
+    s = torch.tensor([[0.0, 0.0]])  # student (0.5, 0.5)
+    expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert kd_kl(s, t, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    assert kd_kl(t, t, 4.0).item() == pytest.approx(0.0, abs=1e-7)
+    # T^2 scaling: at T=2 the softened posteriors are (sqrt3, 1)/(sqrt3+1)
+    p = math.sqrt(3) / (math.sqrt(3) + 1)
+    expected2 = 4 * (p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5))
+    assert kd_kl(s, t, 2.0).item() == pytest.approx(expected2, rel=1e-5)  # float32
+
+
+def test_pairwise_relevance_loss_hand_computed():
+    post = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = PairwiseRelevanceLoss(post, lambda a, b: a @ b.T, weight=2.0)
+    with torch.no_grad():
+        loss.bias.fill_(0.0)
+        loss.log_temp.fill_(0.0)
+    audio = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    visual = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    batch = Batch(torch.tensor([0, 1]), audio, visual, torch.tensor([0, 1]))
+    value, _ = loss(batch, audio, visual)
+    sim = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    target = torch.eye(2)
+    expected = 2.0 * ((torch.sigmoid(sim) - target) ** 2).mean()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_registry_and_gradients_reach_only_training_heads():
+    assert {"none", "kd", "videoadviser"} <= set(METHODS)
+    assert build_method("none", None, 8) is None
+    with pytest.raises(AvretError, match="--method 'foo'"):
+        build_method("foo", None, 8)
+    post = torch.softmax(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), -1)
+    teacher = TeacherOutputs(post.log(), post, RelevanceHead())
+    kd = build_method("kd", teacher, 4)
+    assert isinstance(kd, LogitKDLoss)
+    emb = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1).requires_grad_(True)
+    value, _ = kd(Batch(torch.tensor([0, 2, 4]), emb, emb, torch.tensor([0, 1, 2])), emb, emb)
+    value.backward()
+    assert emb.grad is not None and kd.audio_head.weight.grad is not None
+    per_clip = build_method("videoadviser", teacher, 4, {"student_target": "per-clip"})
+    assert per_clip.targets.shape == (6, 3) and float(per_clip.targets.max()) <= 1.0 + 1e-6
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    runner = CliRunner()
+    for method in ("none", "videoadviser"):
+        res = runner.invoke(app, ["distill", "--method", method, "--out", str(root / method), "--epochs", "3",
+                                  "--teacher-epochs", "2", "--prompts", "shared", *SYNTH])
+        assert res.exit_code == 0, res.output
+    return root
+
+
+def test_distilled_towers_have_the_same_parameters_and_cost(runs):
+    plain, distilled = load_model(runs / "none"), load_model(runs / "videoadviser")
+    shapes = {k: tuple(v.shape) for k, v in plain.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in distilled.state_dict().items()}
+    assert (runs / "videoadviser" / "teacher" / "config.json").is_file()
+    meta = json.loads((runs / "videoadviser" / "run.json").read_text())
+    assert meta["method"] == "videoadviser" and "tau" in meta["teacher"]
+
+
+def test_distill_then_eval_from_the_cli(runs):
+    res = CliRunner().invoke(app, ["eval", "--model", str(runs / "videoadviser"), *SYNTH])
+    assert res.exit_code == 0, res.output
+    assert "SYNTHETIC" in res.stdout
+
+
+def test_rerun_of_a_finished_run_is_a_no_op(runs):
+    before = (runs / "none" / "model" / "model.safetensors").stat().st_mtime_ns
+    res = CliRunner().invoke(app, ["distill", "--method", "none", "--out", str(runs / "none"), "--epochs", "3",
+                                   *SYNTH])
+    assert res.exit_code == 0 and "nothing to do" in res.output
+    assert (runs / "none" / "model" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_random_clip_refused_for_real_data(tmp_path):
+    folder = tmp_path / "real"
+    folder.mkdir()
+    rows = ["clip_id,label,split"] + [f"c{i},{'a' if i % 2 else 'b'},train" for i in range(20)]
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    rng = np.random.default_rng(0)
+    np.save(folder / "audio.npy", rng.normal(size=(20, 8)).astype(np.float32))
+    np.save(folder / "visual.npy", rng.normal(size=(20, 8)).astype(np.float32))
+    np.save(folder / "teacher_frames.npy", rng.normal(size=(20, 2, 16)).astype(np.float32))
+    res = CliRunner().invoke(app, ["distill", "--method", "videoadviser", "--dataset", str(folder),
+                                   "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--clip-weights is required for real data" in res.stderr
