@@ -29,7 +29,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from avret.sentiment.data import SentimentExample, default_data_path, load_label_csv  # noqa: E402
+from avret.sentiment.data import (  # noqa: E402
+    SentimentExample,
+    default_data_path,
+    load_label_csv,
+    write_teacher_scores,
+)
 from avret.sentiment.metrics import METRIC_NAMES, json_safe, metrics_table, sentiment_metrics  # noqa: E402
 from avret.sentiment.probe import embed_texts, ridge_select  # noqa: E402
 from avret.sentiment.teacher_scores import teacher_scores_from_videoadviser  # noqa: E402
@@ -56,7 +61,8 @@ def _mean_std(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for name in METRIC_NAMES:
         vals = [r[name] for r in runs if r.get(name) is not None]
         if vals:
-            out[name] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
+            std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            out[name] = (float(np.mean(vals)), std if std > 1e-12 else 0.0)
     return out
 
 
@@ -150,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         scores, info = teacher_scores_from_videoadviser(examples, embeddings=emb, seed=seed, **teacher_kw)
         teacher_s = time.perf_counter() - t0
+        if not args.quick:  # keep the scores: usable with `avret sentiment train --teacher-scores`
+            write_teacher_scores(args.save_run.parent / f"sentiment-mosi-teacher-scores-seed{seed}.csv", scores)
         print(f"teacher seed {seed}: dev MAE {info['metrics']['dev']['mae']:.4f}, train OOF MAE "
               f"{info['metrics']['train_oof']['mae']:.4f}, test MAE {info['metrics']['test']['mae']:.4f}, "
               f"{teacher_s:.0f}s", flush=True)

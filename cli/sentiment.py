@@ -65,7 +65,7 @@ def train(
     distill_loss: str = typer.Option("l1", "--distill-loss", help="l1 | mse (student vs teacher score)."),
     teacher_folds: int = typer.Option(5, "--teacher-folds", min=2,
                                       help="--distill: folds for out-of-fold train scores."),
-    teacher_epochs: int = typer.Option(30, "--teacher-epochs", min=1, help="--distill: teacher max epochs."),
+    teacher_epochs: int = typer.Option(20, "--teacher-epochs", min=1, help="--distill: teacher max epochs."),
     dataset: str = typer.Option("mosi", "--dataset", help="mosi | mosei (only picks the default --data)."),
 ) -> None:
     """Fine-tune the student (best dev-MAE epoch kept), evaluate test once, write RUN_DIR."""

@@ -10,7 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from avret.distill.methods import METHODS, TeacherOutputs, build_method
+from avret.data import SynthConfig, make_vegas_synth
+from avret.distill.methods import METHODS, MethodContext, TeacherOutputs, build_method
 from avret.distill.step1 import RelevanceHead
 from avret.distill.step2 import LogitKDLoss, PairwiseRelevanceLoss, kd_kl
 from avret.errors import AvretError
@@ -51,18 +52,21 @@ def test_pairwise_relevance_loss_hand_computed():
 
 def test_registry_and_gradients_reach_only_training_heads():
     assert {"none", "kd", "videoadviser"} <= set(METHODS)
-    assert build_method("none", None, 8) is None
+    ds = make_vegas_synth(SynthConfig(n_clips=100))
+    ctx = MethodContext(ds.subset("train"), ds.subset("test"), None, 4)
+    assert build_method("none", ctx) is None
     with pytest.raises(AvretError, match="--method 'foo'"):
-        build_method("foo", None, 8)
+        build_method("foo", ctx)
     post = torch.softmax(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), -1)
-    teacher = TeacherOutputs(post.log(), post, RelevanceHead())
-    kd = build_method("kd", teacher, 4)
+    ctx.teacher = TeacherOutputs(post.log(), post, RelevanceHead())
+    kd = build_method("kd", ctx)
     assert isinstance(kd, LogitKDLoss)
     emb = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1).requires_grad_(True)
     value, _ = kd(Batch(torch.tensor([0, 2, 4]), emb, emb, torch.tensor([0, 1, 2])), emb, emb)
     value.backward()
     assert emb.grad is not None and kd.audio_head.weight.grad is not None
-    per_clip = build_method("videoadviser", teacher, 4, {"student_target": "per-clip"})
+    ctx.options = {"student_target": "per-clip"}
+    per_clip = build_method("videoadviser", ctx)
     assert per_clip.targets.shape == (6, 3) and float(per_clip.targets.max()) <= 1.0 + 1e-6
 
 

@@ -8,11 +8,12 @@ to the towers' retrieval objective. A new method registers a builder here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from avret.data.dataset import AVDataset
 from avret.distill.step1 import RelevanceHead, bhattacharyya_relevance
 from avret.distill.step2 import LogitKDLoss, PairwiseRelevanceLoss, PerClipRegressionLoss
 from avret.errors import AvretError
@@ -28,7 +29,20 @@ class TeacherOutputs:
     relevance_head: RelevanceHead  # step 1, fitted and frozen
 
 
-Builder = Callable[[TeacherOutputs | None, int, dict[str, Any]], AuxiliaryLoss | None]
+@dataclass
+class MethodContext:
+    """Everything a method builder may use: the training data, the VideoAdviser teacher's outputs
+    (for methods registered with ``needs_teacher=True``), the towers' embedding width and options."""
+
+    train: AVDataset  # dataset.subset("train"); Batch.rows index it
+    val: AVDataset
+    teacher: TeacherOutputs | None
+    embed_dim: int
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+Builder = Callable[[MethodContext], AuxiliaryLoss | None]
 METHODS: dict[str, Builder] = {}
 NEEDS_TEACHER: set[str] = set()
 
@@ -46,25 +60,27 @@ def register(name: str, needs_teacher: bool = True) -> Callable[[Builder], Build
 
 
 @register("none", needs_teacher=False)
-def _none(teacher: TeacherOutputs | None, embed_dim: int, options: dict[str, Any]) -> None:
+def _none(ctx: MethodContext) -> None:
     """No distillation: the towers' own retrieval objective only."""
     return None
 
 
 @register("kd")
-def _kd(teacher: TeacherOutputs | None, embed_dim: int, options: dict[str, Any]) -> AuxiliaryLoss:
+def _kd(ctx: MethodContext) -> AuxiliaryLoss:
     """Hinton logit KD through training-only classifier heads on both towers."""
-    assert teacher is not None
-    return LogitKDLoss(teacher.logits, embed_dim, options.get("kd_temperature", 4.0), options.get("weight", 1.0))
+    assert ctx.teacher is not None
+    opts = ctx.options
+    return LogitKDLoss(ctx.teacher.logits, ctx.embed_dim, opts.get("kd_temperature", 4.0), opts.get("weight", 1.0))
 
 
 @register("videoadviser")
-def _videoadviser(teacher: TeacherOutputs | None, embed_dim: int, options: dict[str, Any]) -> AuxiliaryLoss:
+def _videoadviser(ctx: MethodContext) -> AuxiliaryLoss:
     """VideoAdviser step 2: regress the teacher's step-1 relevance (pairwise or per clip)."""
+    teacher, embed_dim = ctx.teacher, ctx.embed_dim
     assert teacher is not None
     head = teacher.relevance_head.requires_grad_(False)
-    weight = options.get("weight", 1.0)
-    target = options.get("student_target", "pairwise")
+    weight = ctx.options.get("weight", 1.0)
+    target = ctx.options.get("student_target", "pairwise")
     if target == "pairwise":
         return PairwiseRelevanceLoss(teacher.posteriors, head.relevance_matrix, weight)
     if target == "per-clip":
@@ -75,9 +91,8 @@ def _videoadviser(teacher: TeacherOutputs | None, embed_dim: int, options: dict[
     raise AvretError(f"--student-target '{target}': expected 'pairwise' or 'per-clip'")
 
 
-def build_method(name: str, teacher: TeacherOutputs | None, embed_dim: int,
-                 options: dict[str, Any] | None = None) -> AuxiliaryLoss | None:
+def build_method(name: str, ctx: MethodContext) -> AuxiliaryLoss | None:
     """The auxiliary loss of method ``name`` (:class:`AvretError` lists the known ones)."""
     if name not in METHODS:
         raise AvretError(f"--method '{name}': expected one of {sorted(METHODS)}")
-    return METHODS[name](teacher, embed_dim, options or {})
+    return METHODS[name](ctx)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from avret.data.dataset import AVDataset
-from avret.distill.methods import METHODS, NEEDS_TEACHER, TeacherOutputs, build_method
+from avret.distill.methods import METHODS, NEEDS_TEACHER, MethodContext, TeacherOutputs, build_method
 from avret.errors import AvretError
 from avret.models.runs import run_metadata, write_run
 from avret.models.towers import TowerConfig
@@ -136,7 +136,9 @@ def run_distillation(
     tower_cfg = tower_config or TowerConfig()
     options = {"weight": cfg.weight, "kd_temperature": cfg.kd_temperature,
                "student_target": cfg.student_target, **cfg.options}
-    aux = build_method(cfg.method, teacher_out, tower_cfg.embed_dim, options)
+    ctx = MethodContext(dataset.subset("train"), dataset.subset("val"), teacher_out, tower_cfg.embed_dim,
+                        tcfg.seed, options)
+    aux = build_method(cfg.method, ctx)
     say(f"training towers (method {cfg.method})")
     result = train_towers(dataset, tower_cfg, tcfg, aux_loss=aux, progress=progress)
     meta = run_metadata(

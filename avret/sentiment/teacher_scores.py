@@ -36,10 +36,12 @@ from avret.sentiment.metrics import json_safe, sentiment_metrics
 
 SMALL_CLIP_NAME = "avret-sentiment-clip-small"
 #: A small open_clip architecture for the random-init fallback (only its text tower is used).
+#: Per-clip (video-enhanced) prompts cost batch x 7 text-tower passes per step, so on a CPU the
+#: tower is kept small: with random weights its size buys nothing but compute.
 SMALL_CLIP_CONFIG = {
-    "embed_dim": 128,
+    "embed_dim": 64,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
 }
 
 
@@ -66,10 +68,10 @@ def teacher_scores_from_videoadviser(
     clip_weights: str | Path | None = None,
     k_folds: int = 5,
     seed: int = 0,
-    epochs: int = 30,
+    epochs: int = 20,
     lr: float = 2e-3,
     batch_size: int = 64,
-    patience: int = 6,
+    patience: int = 4,
     n_ctx: int = 4,
     prompt_conditioning: str = "per-clip",
     log: Callable[[str], None] | None = None,

@@ -1,0 +1,123 @@
+"""Distillation methods compared on vegas-synth (SYNTHETIC): mAP over seeds, plus training time.
+
+For each setting (data-set size and noise level) and seed, one teacher is trained and shared by the
+methods that need it (its time is reported apart); every method then trains the same towers with
+the same seed, and each run is evaluated on the test split (selection on val only). Also reports
+the deployed towers' parameter count per method and the per-query embedding cost, which must be
+identical across methods (only the towers run at inference).
+
+    python -m benchmarks.bench_distill            # full: 2 settings x 3 seeds
+    python -m benchmarks.bench_distill --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from avret.data import SynthConfig, make_vegas_synth
+from avret.distill.pipeline import DistillConfig, run_distillation
+from avret.eval.evaluate import evaluate_model
+from avret.models.base import load_model
+from avret.models.train import TrainConfig
+from benchmarks._common import machine_info, median_time, print_table, write_results
+
+SETTINGS = {
+    "n2000-default": SynthConfig.preset("default", n_clips=2000),
+    "n4000-hard": SynthConfig.preset("hard", n_clips=4000),
+}
+QUICK = {"n600-default": SynthConfig.preset("default", n_clips=600)}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--methods", default="none,kd,videoadviser")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--prompts", default="per-clip", help="teacher prompt conditioning")
+    parser.add_argument("--weight", type=float, default=None, help="distillation weight (default: method's)")
+    args = parser.parse_args()
+    methods = args.methods.split(",")
+    settings = QUICK if args.quick else SETTINGS
+    seeds = list(range(1 if args.quick else args.seeds))
+    epochs = 5 if args.quick else TrainConfig.epochs
+    records = []
+    with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
+        for setting, synth in settings.items():
+            ds = make_vegas_synth(synth)
+            for seed in seeds:
+                teacher_dir = None
+                for method in methods:
+                    out = Path(tmp) / f"{setting}-{seed}-{method}"
+                    if teacher_dir is not None:  # share the teacher of this setting and seed
+                        import shutil
+
+                        shutil.copytree(teacher_dir / "teacher", out / "teacher")
+                        shutil.copy2(teacher_dir / "step1.json", out / "step1.json")
+                    cfg = DistillConfig(method=method, prompt_conditioning=args.prompts,
+                                        teacher_epochs=3 if args.quick else 20)
+                    if args.weight is not None:
+                        cfg.weight = args.weight
+                    start = time.perf_counter()
+                    run = run_distillation(ds, out, cfg, TrainConfig(seed=seed, epochs=epochs))
+                    wall = time.perf_counter() - start
+                    if method != "none" and teacher_dir is None:
+                        teacher_dir = out
+                    import json
+
+                    meta = json.loads((run / "run.json").read_text())
+                    model = load_model(run)
+                    rep = evaluate_model(model, ds)
+                    n_params = sum(p.numel() for p in model.parameters())
+                    q = ds.audio[:1]
+                    embed_s, _ = median_time(lambda m=model, q=q: m.embed("audio", q), repeats=20)
+                    rec = {"setting": setting, "seed": seed, "method": method,
+                           "a2v": rep.audio_to_visual.map, "v2a": rep.visual_to_audio.map, "mean": rep.mean_map,
+                           "student_seconds": meta["train_seconds"], "wall_seconds": wall,
+                           "teacher_seconds": meta.get("teacher", {}).get("teacher_seconds"),
+                           "teacher_val_accuracy": meta.get("teacher", {}).get("teacher_val_accuracy"),
+                           "best_epoch": meta["best_epoch"], "deployed_params": n_params,
+                           "query_embed_ms": 1000 * embed_s}
+                    records.append(rec)
+                    print(f"{setting} seed {seed} {method:12s} mean mAP {rep.mean_map:.4f} "
+                          f"({wall:.0f} s)", flush=True)
+    rows = []
+    summary = []
+    for setting in settings:
+        for method in methods:
+            recs = [r for r in records if r["setting"] == setting and r["method"] == method]
+            stats = {k: _mean_std([r[k] for r in recs]) for k in ("a2v", "v2a", "mean", "student_seconds")}
+            params = {r["deployed_params"] for r in recs}
+            embed_ms = statistics.median(r["query_embed_ms"] for r in recs)
+            summary.append({"setting": setting, "method": method, "n_seeds": len(recs),
+                            "deployed_params": sorted(params), "query_embed_ms_median": embed_ms,
+                            **{f"{k}_mean": v[0] for k, v in stats.items()},
+                            **{f"{k}_std": v[1] for k, v in stats.items()}})
+            rows.append([setting, method, len(recs)] + [f"{100 * stats[k][0]:.2f} ± {100 * stats[k][1]:.2f}"
+                                                         for k in ("a2v", "v2a", "mean")]
+                        + [f"{stats['student_seconds'][0]:.0f}", f"{embed_ms:.3f}", "/".join(map(str, params))])
+    print("\nvegas-synth (SYNTHETIC data) — test mAP (%) mean ± std over seeds; selection on val only")
+    print_table(["setting", "method", "seeds", "A->V", "V->A", "mean", "student s", "query ms", "params"], rows)
+    teacher_times = [r["teacher_seconds"] for r in records if r["teacher_seconds"]]
+    if teacher_times:
+        print(f"teacher training: median {statistics.median(teacher_times):.0f} s per setting and seed "
+              f"(shared by kd and videoadviser)")
+    path = write_results("bench_distill_quick" if args.quick else "bench_distill", {
+        "synthetic": True, "settings": {k: asdict(v) for k, v in settings.items()},
+        "prompts": args.prompts, "runs": records, "summary": summary, "machine": machine_info()})
+    print(f"wrote {path}")
+    assert np.isfinite([r["mean"] for r in records]).all()
+
+
+if __name__ == "__main__":
+    main()
