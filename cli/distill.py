@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from avret.distill.mikd import MIKD_DEFAULTS, parse_weights
+from avret.distill.msd import MSD_DEFAULTS
 from avret.distill.pipeline import DistillConfig, run_distillation
 from avret.models.train import TrainConfig
 from cli.common import user_errors
@@ -15,7 +17,7 @@ from cli.progress import progress_bar, status
 
 @user_errors
 def distill(
-    method: str = typer.Option("videoadviser", "--method", help="none | kd | videoadviser"),
+    method: str = typer.Option("videoadviser", "--method", help="none | kd | videoadviser | msd | mi-kd"),
     out: Path = typer.Option(Path("runs/distill"), "--out", help="Run directory (resumable)"),
     dataset: str = DatasetOpt,
     data: Path | None = DataOpt,
@@ -31,14 +33,32 @@ def distill(
     weight: float = typer.Option(1.0, "--weight", help="Weight of the distillation term"),
     seed: int = typer.Option(0, "--seed"),
     epochs: int = typer.Option(TrainConfig.epochs, "--epochs", help="Student (tower) epochs at most"),
+    msd_weighting: str = typer.Option(MSD_DEFAULTS["msd_weighting"], "--msd-weighting",
+                                      help="msd: uniform | population | instance | learned"),
+    msd_fusion: str = typer.Option(MSD_DEFAULTS["msd_fusion"], "--msd-fusion", help="msd teacher fusion: sum | concat"),
+    msd_teacher_epochs: int = typer.Option(MSD_DEFAULTS["msd_teacher_epochs"], "--msd-teacher-epochs"),
+    mi_weights: str = typer.Option(",".join(str(x) for x in MIKD_DEFAULTS["mi_weights"]), "--mi-weights",
+                                   help="mi-kd: l1,l2,l3 (InfoNCE teacher-student, InfoNCE teacher-aux, adversarial)"),
 ) -> None:
     """Distil a teacher into the audio/visual towers; the deployed towers are the same for every method."""
     ds = open_dataset(dataset, data, synth_clips, synth_seed)
     status(ds.describe())
     cfg = DistillConfig(method=method, clip_model=clip_model, clip_weights=clip_weights,
                         prompt_conditioning=prompts, pooling=pooling, teacher_use_audio=teacher_audio,
-                        teacher_epochs=teacher_epochs, student_target=student_target, weight=weight)
+                        teacher_epochs=teacher_epochs, student_target=student_target, weight=weight,
+                        options=_method_options(method, msd_weighting, msd_fusion, msd_teacher_epochs, mi_weights))
     with progress_bar(f"distill ({method}) towers", total=epochs) as update:
         run = run_distillation(ds, out, cfg, TrainConfig(seed=seed, epochs=epochs), status=status,
                                progress=lambda e, n, r: update(e, n, f"val mAP {r['val_map']:.4f}"))
     typer.echo(f"wrote {run}")
+
+
+def _method_options(method: str, msd_weighting: str, msd_fusion: str, msd_teacher_epochs: int,
+                    mi_weights: str) -> dict:
+    """The method-specific settings (recorded in run.json), complete with defaults for the chosen method."""
+    if method == "msd":
+        return {**MSD_DEFAULTS, "msd_weighting": msd_weighting, "msd_fusion": msd_fusion,
+                "msd_teacher_epochs": msd_teacher_epochs}
+    if method == "mi-kd":
+        return {**MIKD_DEFAULTS, "mi_weights": list(parse_weights(mi_weights))}
+    return {}

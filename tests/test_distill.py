@@ -36,7 +36,7 @@ def test_kd_kl_hand_computed():
 
 def test_pairwise_relevance_loss_hand_computed():
     post = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    loss = PairwiseRelevanceLoss(post, lambda a, b: a @ b.T, weight=2.0)
+    loss = PairwiseRelevanceLoss(post, lambda a, b: a @ b.T, weight=2.0, balanced=False)
     with torch.no_grad():
         loss.bias.fill_(0.0)
         loss.log_temp.fill_(0.0)
@@ -46,7 +46,11 @@ def test_pairwise_relevance_loss_hand_computed():
     value, _ = loss(batch, audio, visual)
     sim = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
     target = torch.eye(2)
-    expected = 2.0 * ((torch.sigmoid(sim) - target) ** 2).mean()
+    err = (torch.sigmoid(sim) - target) ** 2
+    assert value.item() == pytest.approx(2.0 * err.mean().item(), rel=1e-6)
+    loss.balanced = True  # relevant pairs (diagonal) and irrelevant pairs each weigh one half
+    value, _ = loss(batch, audio, visual)
+    expected = 2.0 * 0.5 * (err.diagonal().mean() + err[~torch.eye(2, dtype=bool)].mean())
     assert value.item() == pytest.approx(expected.item(), rel=1e-6)
 
 

@@ -82,7 +82,8 @@ def _videoadviser(ctx: MethodContext) -> AuxiliaryLoss:
     weight = ctx.options.get("weight", 1.0)
     target = ctx.options.get("student_target", "pairwise")
     if target == "pairwise":
-        return PairwiseRelevanceLoss(teacher.posteriors, head.relevance_matrix, weight)
+        return PairwiseRelevanceLoss(teacher.posteriors, head.relevance_matrix, weight,
+                                     balanced=ctx.options.get("balanced", True))
     if target == "per-clip":
         n_cls = teacher.posteriors.shape[1]
         with torch.no_grad():
@@ -96,3 +97,6 @@ def build_method(name: str, ctx: MethodContext) -> AuxiliaryLoss | None:
     if name not in METHODS:
         raise AvretError(f"--method '{name}': expected one of {sorted(METHODS)}")
     return METHODS[name](ctx)
+
+
+from avret.distill import mikd, msd  # noqa: E402,F401  (registers msd and mi-kd)

@@ -8,8 +8,11 @@ the parameters and inference cost of an undistilled one.
 * :class:`PairwiseRelevanceLoss` (VideoAdviser, default): for every (audio i, visual j) pair of a
   batch, the student's cross-modal cosine similarity, through a learnable monotone calibration
   ``sigmoid((s_ij - b) / t)``, regresses the teacher's graded relevance ``r_ij`` from step 1
-  (MSE). The calibration maps cosine and relevance onto one scale; being monotone, it does not
-  change any ranking.
+  (squared error). The calibration maps cosine and relevance onto one scale; being monotone, it
+  does not change any ranking. By default the error is *class-balanced* (ours): relevant-ish pairs
+  (weight ``r_ij``) and irrelevant-ish pairs (weight ``1 - r_ij``) each contribute half, because
+  ~90% of a batch's pairs are irrelevant and a plain mean mostly repeats what the towers'
+  contrastive objective already enforces; ``balanced=False`` gives the plain mean.
 * :class:`PerClipRegressionLoss` (VideoAdviser ``--student-target per-clip``): a regression head on
   each tower predicts, per clip, the teacher's relevance of the clip to every class
   (``r(p_i, onehot_c)``, a C-vector in [0, 1]); MSE. Heads are dropped at inference.
@@ -32,8 +35,9 @@ class PairwiseRelevanceLoss(nn.Module):
     """``weight × MSE(sigmoid((cos(a_i, v_j) - b) / t), r_ij)`` over all pairs of the batch."""
 
     def __init__(self, posteriors: torch.Tensor, relevance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 weight: float = 1.0) -> None:
+                 weight: float = 1.0, balanced: bool = True) -> None:
         super().__init__()
+        self.balanced = balanced
         self.register_buffer("posteriors", posteriors.float())  # teacher posteriors of the training clips
         self.relevance = relevance  # the step-1 relevance head (frozen): (Pa, Pb) -> (Na, Nb)
         self.weight = weight
@@ -48,7 +52,13 @@ class PairwiseRelevanceLoss(nn.Module):
         with torch.no_grad():
             p = self.posteriors[batch.rows]
             target = self.relevance(p, p)
-        loss = F.mse_loss(self.student_relevance(audio, visual), target)
+        err = (self.student_relevance(audio, visual) - target) ** 2
+        if self.balanced:
+            # relevant-ish and irrelevant-ish pairs weigh equally (most pairs of a batch are irrelevant)
+            pos, neg = target, 1.0 - target
+            loss = 0.5 * ((err * pos).sum() / pos.sum().clamp_min(1e-6) + (err * neg).sum() / neg.sum().clamp_min(1e-6))
+        else:
+            loss = err.mean()
         return self.weight * loss, {"relevance_mse": loss.item()}
 
 

@@ -43,10 +43,16 @@ def evaluate_paths(
     paths: list[str | Path], dataset: AVDataset, split: str = "test", progress: ProgressFn | None = None
 ) -> dict[str, CrossModalReport]:
     """Evaluate each saved model (run directory or model directory); keys are row names."""
+    import json
+
     rows: dict[str, CrossModalReport] = {}
     for path in paths:
         model = load_model(path)
-        name = f"{Path(path).name} ({model.model_type})"
+        run_file = Path(path) / "run.json"
+        method = json.loads(run_file.read_text()).get("method", "?") if run_file.is_file() else "?"
+        name = f"{model.model_type} ({'distill: ' + method if method not in ('none', '?') else 'no distillation'})"
+        if name in rows:
+            name = f"{name} [{Path(path).name}]"
         rows[name] = evaluate_model(model, dataset, split, progress)
     return rows
 

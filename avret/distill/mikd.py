@@ -1,0 +1,229 @@
+"""MI-based cross-modal KD with a training-only modality (after Chen et al., CVPR 2023), ``--method mi-kd``.
+
+The *auxiliary modality* is the teacher view (mean-pooled ``teacher_frames``), which the students
+(the towers) never see. Three networks are trained jointly with the towers:
+
+* **Teacher** ``T``: a :class:`~avret.distill.multimodal_teacher.MultimodalTeacher` over audio +
+  visual + teacher view (fusion ``mi_fusion``, default ``sum``); its representation ``t`` is the
+  trunk output. It is trained by the tower trainer's optimiser (its parameters are returned by
+  :meth:`MIKDLoss.parameters`) with a cross-entropy classification loss (``mi_teacher_ce``,
+  default 1.0) so that the MI terms cannot make it weak or collapse it.
+* **Auxiliary-modality model** ``A``: an MLP encoder of the teacher view alone, representation ``u``.
+* **Students** ``S``: the audio and visual towers' L2-normalised embeddings ``s_audio``, ``s_visual``.
+
+Objective added to the towers' own task loss (λ = ``mi_weights``, default ``(0.5, 0.5, 0.1)``)::
+
+    weight · [ λ1 · ½ Σ_m InfoNCE(t, s_m) + λ2 · InfoNCE(t, u) + λ3 · ½ Σ_m Adv_m ] + mi_teacher_ce · CE(T)
+
+* **InfoNCE** (MI lower bound ``I(X;Y) ≥ log B − L``): a learnable critic
+  ``f(x, y) = <ĝ(x), ĥ(y)> / τ`` with linear projections ``g``, ``h`` to ``mi_proj_dim`` (64)
+  dimensions, L2-normalised (ĝ, ĥ), and a learnable temperature ``τ`` (init ``mi_temperature``
+  0.1, clamped to [0.01, 1]); ``L`` is the symmetric cross-entropy of the ``B × B`` critic matrix
+  with the matching clip as the positive (other clips of the batch are the negatives).
+  Minimising ``L`` maximises both MIs; one critic per pair (t, s_audio), (t, s_visual), (t, u).
+* **Adversarial conditional-entropy term** (minimises ``H(T | S_m)``): a predictor
+  ``P_m`` (MLP) maps the student embedding to a "student-predicted" teacher representation
+  ``t̂_m = P_m(s_m)``; a discriminator ``D_m`` (MLP on ``[t; s_m]``) tells real pairs
+  ``(t, s_m)`` from predicted pairs ``(t̂_m, s_m)``. When ``D_m`` cannot tell them apart, ``t``
+  is (in distribution, given ``s_m``) a deterministic function of ``s_m``, i.e. ``H(T | S_m)`` is
+  minimal (the conditional-GAN argument).
+
+  - *Discriminator phase*, inside every :meth:`MIKDLoss.__call__`, **before** the generator-side
+    loss is computed: on detached ``t``, ``s_m``, ``t̂_m``,
+    ``L_D = BCE(D(t, s), 1) + BCE(D(t̂, s), 0)``, one Adam step of the discriminators' own
+    optimiser (``mi_disc_lr`` 1e-3, betas (0.5, 0.999)). Discriminator parameters are not
+    returned to the tower trainer and are frozen (``requires_grad=False``) outside this phase.
+  - *Generator phase*: with ``D_m`` frozen, flipped labels (non-saturating):
+    ``Adv_m = BCE(D(t̂, s), 1) + BCE(D(t, s), 0)``; its gradient updates the towers, the
+    predictors and the teacher through the trainer's optimiser.
+
+All of this is training-only: the deployed towers have the same parameters and inference cost as
+``--method none``. The estimators' values are logged in the training history (``mi_ts_bound``,
+``mi_ta_bound`` in nats, ``mi_adv``, ``mi_disc``, ``mi_teacher_ce``, ``mi_teacher_acc``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from avret.distill.methods import MethodContext, register
+from avret.distill.multimodal_teacher import build_teacher, dataset_inputs
+from avret.errors import AvretError
+from avret.models.train import Batch
+
+STUDENT_MODALITIES = ("audio", "visual")
+MIKD_DEFAULTS: dict[str, Any] = {
+    "mi_weights": [0.5, 0.5, 0.1],
+    "mi_teacher_ce": 1.0,
+    "mi_temperature": 0.1,
+    "mi_proj_dim": 64,
+    "mi_hidden": 256,
+    "mi_disc_lr": 1e-3,
+    "mi_fusion": "sum",
+}
+
+
+def info_nce(x: torch.Tensor, y: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE loss of paired rows: mean of CE(x·yᵀ/τ, diag) and CE(y·xᵀ/τ, diag).
+
+    ``x``, ``y`` are ``(B, D)`` (normalised by the caller); ``log B − loss`` lower-bounds the MI.
+    """
+    logits = x @ y.T / temperature
+    target = torch.arange(len(x), device=x.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+class InfoNCECritic(nn.Module):
+    """Learnable bilinear critic ``<ĝ(x), ĥ(y)>/τ`` (normalised projections, learnable τ)."""
+
+    def __init__(self, dim_x: int, dim_y: int, proj_dim: int = 64, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.proj_x = nn.Linear(dim_x, proj_dim)
+        self.proj_y = nn.Linear(dim_y, proj_dim)
+        self.log_temp = nn.Parameter(torch.tensor(math.log(temperature)))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The InfoNCE loss of the pairs ``(x_i, y_i)``."""
+        tau = self.log_temp.exp().clamp(0.01, 1.0)
+        return info_nce(F.normalize(self.proj_x(x), dim=-1), F.normalize(self.proj_y(y), dim=-1), tau)
+
+
+def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+
+
+class ViewEncoder(nn.Module):
+    """The auxiliary-modality model: standardise the pooled teacher view → MLP."""
+
+    def __init__(self, view: torch.Tensor, hidden: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", view.mean(0))
+        self.register_buffer("std", view.std(0).clamp_min(1e-4))
+        self.mlp = _mlp(view.shape[1], hidden, hidden)
+
+    def forward(self, view: torch.Tensor) -> torch.Tensor:
+        return self.mlp((view - self.mean) / self.std)
+
+
+class MIKDLoss(nn.Module):
+    """The mi-kd auxiliary loss (see the module docstring).
+
+    ``teacher`` is a :class:`~avret.distill.multimodal_teacher.MultimodalTeacher`; ``view`` the
+    ``(N_train, Dt)`` pooled teacher view of the training clips (indexed by ``Batch.rows``).
+    """
+
+    def __init__(self, teacher: nn.Module, view: torch.Tensor, embed_dim: int, weights: tuple[float, float, float],
+                 teacher_ce: float = 1.0, temperature: float = 0.1, proj_dim: int = 64, hidden: int = 256,
+                 disc_lr: float = 1e-3, weight: float = 1.0) -> None:
+        super().__init__()
+        self.teacher = teacher
+        t_dim = teacher.hidden_dim
+        self.register_buffer("view", view.float())
+        self.aux_model = ViewEncoder(self.view, hidden)
+        self.critics = nn.ModuleDict({m: InfoNCECritic(t_dim, embed_dim, proj_dim, temperature)
+                                      for m in STUDENT_MODALITIES})
+        self.aux_critic = InfoNCECritic(t_dim, hidden, proj_dim, temperature)
+        self.predictors = nn.ModuleDict({m: _mlp(embed_dim, hidden, t_dim) for m in STUDENT_MODALITIES})
+        self.discriminators = nn.ModuleDict({m: _mlp(t_dim + embed_dim, hidden, 1) for m in STUDENT_MODALITIES})
+        self.discriminators.requires_grad_(False)
+        self.disc_opt = torch.optim.Adam(self.discriminators.parameters(), lr=disc_lr, betas=(0.5, 0.999))
+        self.lambdas = tuple(float(x) for x in weights)
+        self.teacher_ce = teacher_ce
+        self.weight = weight
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """Everything the tower trainer optimises: teacher, auxiliary model, critics, predictors.
+
+        The discriminators are excluded: they have their own optimiser and phase.
+        """
+        for name, module in self.named_children():
+            if name != "discriminators":
+                yield from module.parameters(recurse)
+
+    def discriminator_parameters(self) -> Iterator[nn.Parameter]:
+        """The discriminators' parameters (updated only in :meth:`discriminator_step`)."""
+        return self.discriminators.parameters()
+
+    def discriminator_step(self, t: torch.Tensor, students: dict[str, torch.Tensor],
+                           predicted: dict[str, torch.Tensor]) -> float:
+        """One optimiser step of the discriminators on detached inputs; returns their BCE loss."""
+        t = t.detach()
+        self.discriminators.requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                loss = torch.zeros(())
+                for m, d in self.discriminators.items():
+                    s, t_hat = students[m].detach(), predicted[m].detach()
+                    real, fake = d(torch.cat([t, s], -1)), d(torch.cat([t_hat, s], -1))
+                    loss = loss + F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) \
+                        + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+                loss = loss / len(self.discriminators)
+                self.disc_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.disc_opt.step()
+                self.disc_opt.zero_grad(set_to_none=True)
+        finally:
+            self.discriminators.requires_grad_(False)
+        return loss.item()
+
+    def forward(self, batch: Batch, audio: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        self.teacher.train()
+        view = self.view[batch.rows]
+        t = self.teacher.encode({"audio": batch.audio, "visual": batch.visual, "view": view})
+        logits = self.teacher.classifier(t)
+        ce = F.cross_entropy(logits, batch.labels)
+        u = self.aux_model(view)
+        students = {"audio": audio, "visual": visual}
+        predicted = {m: self.predictors[m](students[m]) for m in STUDENT_MODALITIES}
+        disc = self.discriminator_step(t, students, predicted)  # phase 1: discriminators only
+        # phase 2 (generator side): discriminators frozen, flipped labels.
+        adv = torch.zeros(())
+        for m, d in self.discriminators.items():
+            real, fake = d(torch.cat([t, students[m]], -1)), d(torch.cat([predicted[m], students[m]], -1))
+            adv = adv + 0.5 * (F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+                               + F.binary_cross_entropy_with_logits(real, torch.zeros_like(real)))
+        adv = adv / len(self.discriminators)
+        nce_ts = sum(self.critics[m](t, students[m]) for m in STUDENT_MODALITIES) / len(STUDENT_MODALITIES)
+        nce_ta = self.aux_critic(t, u)
+        l1, l2, l3 = self.lambdas
+        loss = self.weight * (l1 * nce_ts + l2 * nce_ta + l3 * adv) + self.teacher_ce * ce
+        log_b = math.log(len(batch.rows))
+        logs = {"mi_ts_bound": log_b - nce_ts.item(), "mi_ta_bound": log_b - nce_ta.item(), "mi_adv": adv.item(),
+                "mi_disc": disc, "mi_teacher_ce": ce.item(),
+                "mi_teacher_acc": float((logits.argmax(1) == batch.labels).float().mean())}
+        return loss, logs
+
+
+def parse_weights(value: Any) -> tuple[float, float, float]:
+    """``mi_weights`` as three floats (a list/tuple or a ``"l1,l2,l3"`` string)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        out = tuple(float(x) for x in items)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or any(not np.isfinite(x) or x < 0 for x in out):
+        raise AvretError(f"--mi-weights '{value}': expected three non-negative numbers 'l1,l2,l3'")
+    return out  # type: ignore[return-value]
+
+
+@register("mi-kd", needs_teacher=False)
+def build_mikd(ctx: MethodContext) -> MIKDLoss:
+    """A fresh multimodal teacher, view encoder, critics and discriminators for :class:`MIKDLoss`."""
+    opts = {**MIKD_DEFAULTS, **ctx.options}
+    weights = parse_weights(opts["mi_weights"])
+    if opts["mi_fusion"] not in ("sum", "concat"):
+        raise AvretError(f"--mi-fusion '{opts['mi_fusion']}': expected 'sum' or 'concat'")
+    torch.manual_seed(ctx.seed)
+    hidden = int(opts["mi_hidden"])
+    teacher = build_teacher(ctx.train, hidden, opts["mi_fusion"])
+    view = dataset_inputs(ctx.train)["view"]
+    return MIKDLoss(teacher, view, ctx.embed_dim, weights, float(opts["mi_teacher_ce"]),
+                    float(opts["mi_temperature"]), int(opts["mi_proj_dim"]), hidden, float(opts["mi_disc_lr"]),
+                    float(opts.get("weight", 1.0)))
