@@ -124,9 +124,12 @@ def run_distillation(
     out = Path(out)
     if (out / "run.json").is_file() and (out / "model" / "config.json").is_file():
         done = json.loads((out / "run.json").read_text())
-        if done.get("method") == cfg.method and done.get("seed") == tcfg.seed:
-            say(f"{out} is complete (method {cfg.method}, seed {tcfg.seed}); nothing to do")
+        same = done.get("distill_config") == json.loads(json.dumps(asdict(cfg))) and \
+            done.get("train_config") == asdict(tcfg)
+        if same:
+            say(f"{out} is complete (method {cfg.method}, seed {tcfg.seed}, same settings); nothing to do")
             return out
+        say(f"{out} holds a run with other settings; training again")
     dataset = dataset.with_validation_split(tcfg.val_fraction, seed=tcfg.seed)
     ref = dataset_ref(dataset)
     out.mkdir(parents=True, exist_ok=True)
