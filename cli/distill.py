@@ -30,7 +30,8 @@ def distill(
     teacher_audio: bool = typer.Option(False, "--teacher-audio", help="Condition prompts on audio too"),
     teacher_epochs: int = typer.Option(20, "--teacher-epochs"),
     student_target: str = typer.Option("pairwise", "--student-target", help="pairwise | per-clip"),
-    weight: float = typer.Option(1.0, "--weight", help="Weight of the distillation term"),
+    weight: float | None = typer.Option(None, "--weight", help="Weight of the distillation term "
+                                        "(default: videoadviser 5, others 1)"),
     seed: int = typer.Option(0, "--seed"),
     epochs: int = typer.Option(TrainConfig.epochs, "--epochs", help="Student (tower) epochs at most"),
     msd_weighting: str = typer.Option(MSD_DEFAULTS["msd_weighting"], "--msd-weighting",

@@ -42,6 +42,8 @@ class MethodContext:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+VIDEOADVISER_WEIGHT = 5.0  # default weight of the step-2 term (chosen on synthetic val runs; see README)
+
 Builder = Callable[[MethodContext], AuxiliaryLoss | None]
 METHODS: dict[str, Builder] = {}
 NEEDS_TEACHER: set[str] = set()
@@ -79,7 +81,7 @@ def _videoadviser(ctx: MethodContext) -> AuxiliaryLoss:
     teacher, embed_dim = ctx.teacher, ctx.embed_dim
     assert teacher is not None
     head = teacher.relevance_head.requires_grad_(False)
-    weight = ctx.options.get("weight", 1.0)
+    weight = ctx.options.get("weight", VIDEOADVISER_WEIGHT)
     target = ctx.options.get("student_target", "pairwise")
     if target == "pairwise":
         return PairwiseRelevanceLoss(teacher.posteriors, head.relevance_matrix, weight,

@@ -50,7 +50,7 @@ class DistillConfig:
     teacher_lr: float = 2e-3
     teacher_batch_size: int = 64
     student_target: str = "pairwise"
-    weight: float = 1.0
+    weight: float | None = None  # None: the method's default (videoadviser 5, others 1)
     kd_temperature: float = 4.0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -137,7 +137,7 @@ def run_distillation(
     if cfg.method in NEEDS_TEACHER:
         teacher_out, teacher_info = _teacher_outputs(dataset, cfg, out, tcfg.seed, say, ref)
     tower_cfg = tower_config or TowerConfig()
-    options = {"weight": cfg.weight, "kd_temperature": cfg.kd_temperature,
+    options = {**({"weight": cfg.weight} if cfg.weight is not None else {}), "kd_temperature": cfg.kd_temperature,
                "student_target": cfg.student_target, **cfg.options}
     ctx = MethodContext(dataset.subset("train"), dataset.subset("val"), teacher_out, tower_cfg.embed_dim,
                         tcfg.seed, options)
