@@ -8,13 +8,13 @@ eval code never care which one made the embeddings. :func:`load_model` dispatche
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from avret.data.dataset import check_finite, check_width
 from avret.errors import ModelError
-from avret.models.serialization import read_config
+from avret.models.serialization import fingerprint_dir, read_config
 
 MODALITIES = ("audio", "visual")
 
@@ -42,6 +42,30 @@ class Embedder(Protocol):
     def fingerprint(self) -> str: ...
 
     def save_pretrained(self, path: str | Path) -> Path: ...
+
+
+class SavedModelMixin:
+    """Shared by the concrete models: feature widths from ``config`` and the cached fingerprint."""
+
+    config: Any
+    path: Path | None
+    _fingerprint: str | None = None
+
+    @property
+    def audio_dim(self) -> int:
+        return int(self.config.audio_dim)
+
+    @property
+    def visual_dim(self) -> int:
+        return int(self.config.visual_dim)
+
+    def fingerprint(self) -> str:
+        """sha256 of the saved config + weights (the model must have been saved or loaded)."""
+        if self._fingerprint is None:
+            if self.path is None:
+                raise RuntimeError("fingerprint() needs a saved model; call save_pretrained first")
+            self._fingerprint = fingerprint_dir(self.path)
+        return self._fingerprint
 
 
 def input_dim(model: Embedder, modality: str) -> int:

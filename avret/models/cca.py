@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from avret.errors import ModelError
-from avret.models.base import check_features, l2_normalize
+from avret.models.base import SavedModelMixin, check_features, l2_normalize
 from avret.models.serialization import (
     config_from_dict,
     fingerprint_dir,
@@ -42,7 +42,7 @@ def _inv_sqrt(cov: np.ndarray) -> np.ndarray:
     return (vecs / np.sqrt(np.maximum(vals, 1e-12))) @ vecs.T
 
 
-class CCAModel:
+class CCAModel(SavedModelMixin):
     """Fitted CCA projections ``(x - mean) @ W`` per modality, unit-normalised."""
 
     model_type = "cca"
@@ -52,14 +52,6 @@ class CCAModel:
         self.params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
         self.path: Path | None = None
         self._fingerprint: str | None = None
-
-    @property
-    def audio_dim(self) -> int:
-        return self.config.audio_dim
-
-    @property
-    def visual_dim(self) -> int:
-        return self.config.visual_dim
 
     @property
     def embed_dim(self) -> int:
@@ -117,10 +109,3 @@ class CCAModel:
         model = cls(config, {k: v.numpy() for k, v in tensors.items()})
         model.path = path
         return model
-
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            if self.path is None:
-                raise RuntimeError("fingerprint() needs a saved model; call save_pretrained first")
-            self._fingerprint = fingerprint_dir(self.path)
-        return self._fingerprint

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from avret.models.base import check_features
+from avret.models.base import SavedModelMixin, check_features
 from avret.models.serialization import (
     config_from_dict,
     fingerprint_dir,
@@ -69,7 +69,7 @@ class Tower(nn.Module):
         return nn.functional.normalize(h, dim=-1)
 
 
-class AVTowers(nn.Module):
+class AVTowers(SavedModelMixin, nn.Module):
     """The deployed retrieval model: an audio tower and a visual tower."""
 
     model_type = "towers"
@@ -81,14 +81,6 @@ class AVTowers(nn.Module):
         args = (config.hidden_dim, config.embed_dim, config.num_layers, config.dropout)
         self.audio_tower = Tower(config.audio_dim, *args)
         self.visual_tower = Tower(config.visual_dim, *args)
-
-    @property
-    def audio_dim(self) -> int:
-        return self.config.audio_dim
-
-    @property
-    def visual_dim(self) -> int:
-        return self.config.visual_dim
 
     @property
     def embed_dim(self) -> int:
@@ -128,11 +120,3 @@ class AVTowers(nn.Module):
         model.eval()
         model.path = path
         return model
-
-    def fingerprint(self) -> str:
-        """sha256 of the saved config + weights (the model must have been saved or loaded)."""
-        if getattr(self, "_fingerprint", None) is None:
-            if self.path is None:
-                raise RuntimeError("fingerprint() needs a saved model; call save_pretrained first")
-            self._fingerprint = fingerprint_dir(self.path)
-        return self._fingerprint
