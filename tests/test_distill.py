@@ -120,3 +120,14 @@ def test_random_clip_refused_for_real_data(tmp_path):
     res = CliRunner().invoke(app, ["distill", "--method", "videoadviser", "--dataset", str(folder),
                                    "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "--clip-weights is required for real data" in res.stderr
+
+
+def test_saved_teacher_reloads_in_a_fresh_process(runs):
+    import subprocess
+    import sys
+
+    code = ("from avret.distill.teacher import VideoAdviserTeacher as T; "
+            f"t = T.from_pretrained({str(runs / 'videoadviser' / 'teacher')!r}); print(len(t.config.class_names))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip() == "10"

@@ -279,3 +279,53 @@ def test_inception_features_with_pca(tmp_path, media):
     with pytest.raises(ModelError, match="does not fit"):
         torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "bad.pth")
         load_inception(tmp_path / "bad.pth")
+
+
+# ------------------------------------------------------------------ extract -> train -> index -> media query
+
+
+def _write_wav(path: Path, freq: float, seconds: float = 1.5, rate: int = 16000) -> Path:
+    import wave
+
+    t = np.arange(int(seconds * rate)) / rate
+    pcm = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def test_cli_extract_train_index_and_search_by_wav(models, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    media = tmp_path / "clips"
+    media.mkdir()
+    rows = ["clip_id,label,split"]
+    for i in range(12):
+        low = i % 2 == 0
+        write_media(media / f"c{i}.mp4", seconds=1.0, freq=300.0 if low else 2000.0, noise=not low)
+        rows.append(f"c{i},{'low' if low else 'high'},{'test' if i >= 8 else 'train'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    feats, run, index = tmp_path / "feats", tmp_path / "run", tmp_path / "index"
+    runner = CliRunner()
+
+    def ok(*args):
+        res = runner.invoke(app, [str(a) for a in args])
+        assert res.exit_code == 0, res.output
+        return res
+
+    ok("features", "extract", "--media", media, "--out", feats, "--vggish", models["vggish"],
+       "--clip-model", models["clip_cfg"], "--clip-weights", models["clip"], "--fps", "1", "--max-frames", "2",
+       "--workers", "0", "--device", "cpu", "--no-progress", "--labels", tmp_path / "labels.csv")
+    ok("train", "--dataset", feats, "--out", run, "--epochs", "2")
+    ok("index", "build", "--dataset", feats, "--model", run, "--out", index)
+    query = _write_wav(tmp_path / "query.wav", 300.0)
+    res = ok("search", "audio-to-video", "--index", index, "--query", query, "--features", feats, "-k", "3", "--json")
+    hits = json.loads(res.stdout)["queries"][0]["results"]
+    assert len(hits) == 3 and all(h["clip_id"].startswith("c") for h in hits)
+    res = ok("search", "video-to-audio", "--index", index, "--query", media / "c1.mp4", "--features", feats, "-k", "2")
+    assert "c" in res.stdout

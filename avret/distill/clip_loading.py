@@ -55,6 +55,13 @@ def register_model_config(name: str, config: dict[str, Any]) -> None:
     factory._MODEL_CONFIGS[name] = dict(config)
 
 
+def _builtin_configs() -> dict[str, dict[str, Any]]:
+    """avret's own architectures (registered on first use, so saved teachers reload anywhere)."""
+    from avret.distill.synthetic_clip import SYNTH_CLIP_CONFIG, SYNTH_CLIP_NAME
+
+    return {SYNTH_CLIP_NAME: SYNTH_CLIP_CONFIG}
+
+
 def resolve_model_name(name: str) -> str:
     """The open_clip architecture name for ``name``; a ``.json`` config path is registered by its stem.
 
@@ -83,6 +90,8 @@ def resolve_model_name(name: str) -> str:
         register_model_config(path.stem, cfg)
         return path.stem
     cleaned = name.replace("/", "-")
+    if open_clip.get_model_config(cleaned) is None and cleaned in _builtin_configs():
+        register_model_config(cleaned, _builtin_configs()[cleaned])
     if open_clip.get_model_config(cleaned) is None:
         models = available_models()
         preferred = [m for m in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50") if m in models]
