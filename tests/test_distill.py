@@ -20,6 +20,7 @@ from avret.models.train import Batch
 from cli.main import app
 
 SYNTH = ["--synth-clips", "300", "--synth-seed", "3"]
+RUN_ARGS = [*SYNTH, "--teacher-epochs", "2", "--prompts", "shared", "--epochs", "3"]
 
 
 def test_kd_kl_hand_computed():
@@ -79,8 +80,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     runner = CliRunner()
     for method in ("none", "videoadviser"):
-        res = runner.invoke(app, ["distill", "--method", method, "--out", str(root / method), "--epochs", "3",
-                                  "--teacher-epochs", "2", "--prompts", "shared", *SYNTH])
+        res = runner.invoke(app, ["distill", "--method", method, "--out", str(root / method), *RUN_ARGS])
         assert res.exit_code == 0, res.output
     return root
 
@@ -102,10 +102,12 @@ def test_distill_then_eval_from_the_cli(runs):
 
 def test_rerun_of_a_finished_run_is_a_no_op(runs):
     before = (runs / "none" / "model" / "model.safetensors").stat().st_mtime_ns
-    res = CliRunner().invoke(app, ["distill", "--method", "none", "--out", str(runs / "none"), "--epochs", "3",
-                                   *SYNTH])
+    res = CliRunner().invoke(app, ["distill", "--method", "none", "--out", str(runs / "none"), *RUN_ARGS])
     assert res.exit_code == 0 and "nothing to do" in res.output
     assert (runs / "none" / "model" / "model.safetensors").stat().st_mtime_ns == before
+    # other settings into the same directory train again instead of silently keeping the old run
+    res = CliRunner().invoke(app, ["distill", "--method", "none", "--out", str(runs / "none"), *RUN_ARGS[:-1], "2"])
+    assert res.exit_code == 0 and "other settings" in res.output
 
 
 def test_random_clip_refused_for_real_data(tmp_path):
