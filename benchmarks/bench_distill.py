@@ -6,7 +6,7 @@ the same seed, and each run is evaluated on the test split (selection on val onl
 the deployed towers' parameter count per method and the per-query embedding cost, which must be
 identical across methods (only the towers run at inference).
 
-    python -m benchmarks.bench_distill            # full: 2 settings x 3 seeds
+    python -m benchmarks.bench_distill            # full: 3 settings x 3 seeds
     python -m benchmarks.bench_distill --quick    # smoke run
 """
 
@@ -32,6 +32,7 @@ from benchmarks._common import machine_info, median_time, print_table, write_res
 SETTINGS = {
     "n1500-default": SynthConfig.preset("default", n_clips=1500),
     "n3000-hard": SynthConfig.preset("hard", n_clips=3000),
+    "n6000-light": SynthConfig.preset("light", n_clips=6000),
 }
 QUICK = {"n600-default": SynthConfig.preset("default", n_clips=600)}
 

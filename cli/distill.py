@@ -30,8 +30,10 @@ def distill(
     teacher_audio: bool = typer.Option(False, "--teacher-audio", help="Condition prompts on audio too"),
     teacher_epochs: int = typer.Option(20, "--teacher-epochs"),
     student_target: str = typer.Option("pairwise", "--student-target", help="pairwise | per-clip"),
+    relevance_loss: str = typer.Option("bce", "--relevance-loss",
+                                       help="videoadviser pairwise step 2: bce | mse against the teacher's r_ij"),
     weight: float | None = typer.Option(None, "--weight", help="Weight of the distillation term "
-                                        "(default: videoadviser 5, others 1)"),
+                                        "(default: videoadviser 20, others 1)"),
     seed: int = typer.Option(0, "--seed"),
     epochs: int = typer.Option(TrainConfig.epochs, "--epochs", help="Student (tower) epochs at most"),
     msd_weighting: str = typer.Option(MSD_DEFAULTS["msd_weighting"], "--msd-weighting",
@@ -46,7 +48,8 @@ def distill(
     status(ds.describe())
     cfg = DistillConfig(method=method, clip_model=clip_model, clip_weights=clip_weights,
                         prompt_conditioning=prompts, pooling=pooling, teacher_use_audio=teacher_audio,
-                        teacher_epochs=teacher_epochs, student_target=student_target, weight=weight,
+                        teacher_epochs=teacher_epochs, student_target=student_target,
+                        relevance_loss=relevance_loss, weight=weight,
                         options=_method_options(method, msd_weighting, msd_fusion, msd_teacher_epochs, mi_weights))
     with progress_bar(f"distill ({method}) towers", total=epochs) as update:
         run = run_distillation(ds, out, cfg, TrainConfig(seed=seed, epochs=epochs), status=status,

@@ -125,6 +125,20 @@ def test_folder_wrong_rows_and_missing_manifest(tmp_path):
         load_folder(root)
 
 
+def test_vegas_synth_mixed_clips():
+    mixed = make_vegas_synth(SynthConfig(n_clips=800, seed=3, mixed_fraction=0.5, mix_min=0.6))
+    plain = make_vegas_synth(SynthConfig(n_clips=800, seed=3, mixed_fraction=0.0))
+    share = mixed.meta["event_share"]
+    assert 0.4 < (share < 1).mean() < 0.6 and share.min() >= 0.6  # half the clips are mixed, s in [mix_min, 1]
+    assert (plain.meta["event_share"] == 1).all()
+    np.testing.assert_array_equal(mixed.labels, plain.labels)  # mixing changes content, not labels or splits
+    np.testing.assert_array_equal(mixed.split, plain.split)
+    # the teacher view shows it: mixed clips' frames agree less with each other than unmixed clips' frames
+    f = mixed.teacher_frames
+    agreement = np.einsum("ntd,nsd->n", f, f) / f.shape[1] ** 2
+    assert agreement[share < 0.8].mean() < agreement[share == 1].mean()
+
+
 def test_vegas_synth_is_deterministic_and_vegas_shaped():
     a = make_vegas_synth(SynthConfig(n_clips=500, seed=4))
     b = make_vegas_synth(SynthConfig(n_clips=500, seed=4))

@@ -37,7 +37,7 @@ def test_kd_kl_hand_computed():
 
 def test_pairwise_relevance_loss_hand_computed():
     post = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    loss = PairwiseRelevanceLoss(post, lambda a, b: a @ b.T, weight=2.0, balanced=False)
+    loss = PairwiseRelevanceLoss(post, lambda a, b: a @ b.T, weight=2.0, balanced=False, loss="mse")
     with torch.no_grad():
         loss.bias.fill_(0.0)
         loss.log_temp.fill_(0.0)
@@ -53,6 +53,16 @@ def test_pairwise_relevance_loss_hand_computed():
     value, _ = loss(batch, audio, visual)
     expected = 2.0 * 0.5 * (err.diagonal().mean() + err[~torch.eye(2, dtype=bool)].mean())
     assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.balanced, loss.loss = False, "bce"  # cross-entropy of the calibrated similarity against r_ij
+    value, _ = loss(batch, audio, visual)
+    q = torch.sigmoid(sim)
+    bce = -(target * q.log() + (1 - target) * (1 - q).log())
+    assert value.item() == pytest.approx(2.0 * bce.mean().item(), rel=1e-5)
+
+
+def test_pairwise_relevance_loss_rejects_unknown_loss():
+    with pytest.raises(AvretError, match="relevance loss 'l1'"):
+        PairwiseRelevanceLoss(torch.eye(2), lambda a, b: a @ b.T, loss="l1")
 
 
 def test_registry_and_gradients_reach_only_training_heads():
@@ -122,6 +132,14 @@ def test_random_clip_refused_for_real_data(tmp_path):
     res = CliRunner().invoke(app, ["distill", "--method", "videoadviser", "--dataset", str(folder),
                                    "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "--clip-weights is required for real data" in res.stderr
+
+
+@pytest.mark.parametrize("flag,value", [("--relevance-loss", "l1"), ("--student-target", "both")])
+def test_bad_step2_option_is_refused_before_teacher_training(tmp_path, flag, value):
+    out = tmp_path / "r"
+    res = CliRunner().invoke(app, ["distill", *SYNTH, "--out", str(out), flag, value])
+    assert res.exit_code == 2 and f"{flag} '{value}': expected" in res.stderr
+    assert not out.exists()  # nothing trained, nothing written
 
 
 def test_saved_teacher_reloads_in_a_fresh_process(runs):

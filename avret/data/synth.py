@@ -16,6 +16,15 @@ The simulation (all draws from one seeded generator):
   de-quantised ``(x - 128) / 256`` exactly as the community features.
 * **Visual** (1024-d, Inception-pool-like, non-negative and sparse): ``z`` plus a visual-only
   nuisance through its own random non-linear map (ReLU output), plus noise.
+* **Mixed clips.** Web clips are weakly labelled: a 10-second VEGAS clip carries one class, but
+  its event often fills only part of the clip, the rest being other sounds and scenes. A fraction
+  ``mixed_fraction`` of clips is a temporal mix: the labelled event fills a share ``s ~ U(mix_min,
+  1)`` of the clip and another class's content fills the rest. Because the community features are
+  mean-pooled over time, such a clip's audio and visual features are ``s·f(event) + (1-s)·f(other)``;
+  its teacher frames show the event in ``round(s·T)`` frames. The label (train and test) is the
+  labelled class. A teacher that sees the frames can tell how much of a clip is its event — graded
+  knowledge the binary labels do not carry (``mixed_fraction=0`` turns this off and reproduces the
+  unmixed data set exactly).
 * **Corruption.** A fraction of clips have a corrupted modality: off-screen sound (audio made from
   an unrelated content vector) or an uninformative picture (title card / black frames).
 * **Label noise.** Like VEGAS, whose labels come from weak web annotation, a fraction of the
@@ -34,6 +43,7 @@ proportions are illustrative, not the published ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -66,6 +76,8 @@ class SynthConfig:
     visual_noise: float = 0.5
     corrupt_fraction: float = 0.08
     label_noise: float = 0.10
+    mixed_fraction: float = 0.5
+    mix_min: float = 0.5
     teacher_frames: int = 8
     teacher_dim: int = 512
     teacher_noise: float = 0.15
@@ -75,10 +87,11 @@ class SynthConfig:
 
     @classmethod
     def preset(cls, name: str = "default", **overrides: float) -> SynthConfig:
-        """Named settings used by the benchmarks: ``default``, ``hard`` (noisier), ``large``."""
+        """Named settings used by the benchmarks: ``default``, ``hard`` (noisier), ``light`` (cleaner), ``large``."""
         presets = {
             "default": {},
             "hard": {"audio_noise": 0.8, "visual_noise": 0.8, "corrupt_fraction": 0.15, "label_noise": 0.2},
+            "light": {"audio_noise": 0.4, "visual_noise": 0.4, "corrupt_fraction": 0.05, "label_noise": 0.05},
             "large": {"n_clips": 28103},
         }
         if name not in presets:
@@ -96,6 +109,13 @@ def _random_map(rng: np.random.Generator, d_in: int, d_hidden: int, d_out: int) 
 def _apply_map(x: np.ndarray, params: tuple[np.ndarray, ...], hidden_act) -> np.ndarray:
     w1, b1, w2 = params
     return hidden_act(x @ w1 + b1) @ w2
+
+
+def _mean_pooled(share: np.ndarray, event: np.ndarray, other: Callable[[], np.ndarray]) -> np.ndarray:
+    """Time-mean-pooled features of clips whose labelled event fills ``share`` of the clip."""
+    if (share == 1.0).all():
+        return event
+    return share[:, None] * event + (1.0 - share[:, None]) * other()
 
 
 def _class_sizes(n: int) -> np.ndarray:
@@ -122,6 +142,15 @@ def make_vegas_synth(config: SynthConfig | None = None) -> AVDataset:
     modes = rng.integers(0, cfg.modes_per_class, n)
     z = mode_means[labels, modes] + cfg.clip_variation * rng.normal(0, 1, (n, d))
 
+    # Mixed clips: the labelled event fills only a share ``s`` of the clip; the rest is another class.
+    # (its own generator, so that ``mixed_fraction=0`` reproduces the unmixed data set exactly)
+    mix_rng = np.random.default_rng([cfg.seed, 1])
+    mixed = mix_rng.random(n) < cfg.mixed_fraction
+    other = (labels + mix_rng.integers(1, n_cls, n)) % n_cls
+    z_other = (mode_means[other, mix_rng.integers(0, cfg.modes_per_class, n)]
+               + cfg.clip_variation * mix_rng.normal(0, 1, (n, d)))
+    share = np.where(mixed, mix_rng.uniform(cfg.mix_min, 1.0, n), 1.0)
+
     # Corruption: content seen by a corrupted modality is unrelated to the clip's class.
     unrelated = rng.normal(0, 1.5, (n, d))
     audio_bad = rng.random(n) < cfg.corrupt_fraction
@@ -135,7 +164,8 @@ def make_vegas_synth(config: SynthConfig | None = None) -> AVDataset:
     # Audio: VGGish-like 128-d, quantised to uint8 and de-quantised as the community files.
     audio_map = _random_map(rng, d + cfg.nuisance_dim, 256, cfg.audio_dim)
     nuis_a = cfg.nuisance_scale * rng.normal(0, 1, (n, cfg.nuisance_dim))
-    audio = _apply_map(np.concatenate([z_audio, nuis_a], 1), audio_map, np.tanh)
+    audio = _mean_pooled(share, _apply_map(np.concatenate([z_audio, nuis_a], 1), audio_map, np.tanh),
+                         lambda: _apply_map(np.concatenate([z_other, nuis_a], 1), audio_map, np.tanh))
     audio += cfg.audio_noise * rng.normal(0, 1, audio.shape) * audio.std()
     audio = audio / (5 * audio.std())
     audio_u8 = np.clip(np.round(audio * 256 + 128), 0, 255).astype(np.uint8)
@@ -144,7 +174,8 @@ def make_vegas_synth(config: SynthConfig | None = None) -> AVDataset:
     # Visual: Inception-pool-like 1024-d, non-negative.
     visual_map = _random_map(rng, d + cfg.nuisance_dim, 512, cfg.visual_dim)
     nuis_v = cfg.nuisance_scale * rng.normal(0, 1, (n, cfg.nuisance_dim))
-    visual = _apply_map(np.concatenate([z_visual, nuis_v], 1), visual_map, gelu)
+    visual = _mean_pooled(share, _apply_map(np.concatenate([z_visual, nuis_v], 1), visual_map, gelu),
+                          lambda: _apply_map(np.concatenate([z_other, nuis_v], 1), visual_map, gelu))
     visual += cfg.visual_noise * rng.normal(0, 1, visual.shape) * visual.std()
     visual = relu(visual - 0.25 * visual.std()).astype(np.float32)
 
@@ -153,6 +184,10 @@ def make_vegas_synth(config: SynthConfig | None = None) -> AVDataset:
     t = cfg.teacher_frames
     drift = 0.3 * rng.normal(0, 1, (n, t, d))
     frame_content = z[:, None, :] + drift
+    if mixed.any():  # a mixed clip shows its labelled event in round(share * t) of its frames (at least one)
+        n_event = np.maximum(1, np.round(share * t)).astype(int)
+        event_frame = mix_rng.random((n, t)).argsort(1).argsort(1) < n_event[:, None]
+        frame_content = np.where(event_frame[..., None], frame_content, z_other[:, None, :] + drift)
     bad_frames = visual_bad[:, None] & (np.arange(t)[None, :] % 2 == 0)
     frame_content = np.where(bad_frames[..., None], 0.2 * unrelated[:, None, :], frame_content)
     frames = frame_content @ proj
@@ -184,5 +219,6 @@ def make_vegas_synth(config: SynthConfig | None = None) -> AVDataset:
             "true_labels": labels,
             "audio_corrupted": audio_bad,
             "visual_corrupted": visual_bad,
+            "event_share": share,
         },
     )

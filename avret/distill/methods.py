@@ -42,7 +42,8 @@ class MethodContext:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-VIDEOADVISER_WEIGHT = 5.0  # default weight of the step-2 term (chosen on synthetic val runs; see README)
+# Default weight of the step-2 term, chosen on vegas-synth *validation* mAP (docs/videoadviser.md).
+VIDEOADVISER_WEIGHT = 20.0
 
 Builder = Callable[[MethodContext], AuxiliaryLoss | None]
 METHODS: dict[str, Builder] = {}
@@ -85,7 +86,8 @@ def _videoadviser(ctx: MethodContext) -> AuxiliaryLoss:
     target = ctx.options.get("student_target", "pairwise")
     if target == "pairwise":
         return PairwiseRelevanceLoss(teacher.posteriors, head.relevance_matrix, weight,
-                                     balanced=ctx.options.get("balanced", True))
+                                     balanced=ctx.options.get("balanced", True),
+                                     loss=ctx.options.get("relevance_loss", "bce"))
     if target == "per-clip":
         n_cls = teacher.posteriors.shape[1]
         with torch.no_grad():

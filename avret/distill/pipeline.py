@@ -50,7 +50,8 @@ class DistillConfig:
     teacher_lr: float = 2e-3
     teacher_batch_size: int = 64
     student_target: str = "pairwise"
-    weight: float | None = None  # None: the method's default (videoadviser 5, others 1)
+    relevance_loss: str = "bce"  # step 2 pairwise loss: bce | mse
+    weight: float | None = None  # None: the method's default (videoadviser 20, others 1)
     kd_temperature: float = 4.0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -104,6 +105,16 @@ def _teacher_outputs(dataset: AVDataset, config: DistillConfig, out: Path, seed:
     return TeacherOutputs(logits, post, head), info
 
 
+def _check_student_options(cfg: DistillConfig) -> None:
+    """Refuse bad step-2 options before the (long) teacher training, not after it."""
+    from avret.distill.step2 import RELEVANCE_LOSSES
+
+    if cfg.student_target not in ("pairwise", "per-clip"):
+        raise AvretError(f"--student-target '{cfg.student_target}': expected 'pairwise' or 'per-clip'")
+    if cfg.relevance_loss not in RELEVANCE_LOSSES:
+        raise AvretError(f"--relevance-loss '{cfg.relevance_loss}': expected one of {', '.join(RELEVANCE_LOSSES)}")
+
+
 def run_distillation(
     dataset: AVDataset,
     out: str | Path,
@@ -121,6 +132,7 @@ def run_distillation(
     say = status or (lambda _msg: None)
     if cfg.method not in METHODS:
         raise AvretError(f"--method '{cfg.method}': expected one of {sorted(METHODS)}")
+    _check_student_options(cfg)
     out = Path(out)
     if (out / "run.json").is_file() and (out / "model" / "config.json").is_file():
         done = json.loads((out / "run.json").read_text())
@@ -138,7 +150,8 @@ def run_distillation(
         teacher_out, teacher_info = _teacher_outputs(dataset, cfg, out, tcfg.seed, say, ref)
     tower_cfg = tower_config or TowerConfig()
     options = {**({"weight": cfg.weight} if cfg.weight is not None else {}), "kd_temperature": cfg.kd_temperature,
-               "student_target": cfg.student_target, **cfg.options}
+               "student_target": cfg.student_target,
+               "relevance_loss": cfg.relevance_loss, **cfg.options}
     ctx = MethodContext(dataset.subset("train"), dataset.subset("val"), teacher_out, tower_cfg.embed_dim,
                         tcfg.seed, options)
     aux = build_method(cfg.method, ctx)
