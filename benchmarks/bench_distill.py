@@ -8,6 +8,9 @@ identical across methods (only the towers run at inference).
 
     python -m benchmarks.bench_distill            # full: 3 settings x 3 seeds
     python -m benchmarks.bench_distill --quick    # smoke run
+    python -m benchmarks.bench_distill --settings n1500-default --mixed-fraction 0   # control
+    python -m benchmarks.bench_distill --settings n1500-default --methods none --true-labels
+    python -m benchmarks.bench_distill --settings n1500-default --methods videoadviser --relevance-loss mse --weight 5
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import argparse
 import statistics
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +53,31 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--prompts", default="per-clip", help="teacher prompt conditioning")
     parser.add_argument("--weight", type=float, default=None, help="distillation weight (default: method's)")
+    parser.add_argument("--relevance-loss", default="bce", help="videoadviser step-2 loss: bce | mse")
+    parser.add_argument("--mixed-fraction", type=float, default=None,
+                        help="override vegas-synth's share of mixed clips (0: the control without them)")
+    parser.add_argument("--true-labels", action="store_true",
+                        help="diagnostic: train on the simulation's true labels (what no real data set offers)")
     args = parser.parse_args()
     methods = args.methods.split(",")
+    variant = "".join([f"-mixed{args.mixed_fraction:g}" if args.mixed_fraction is not None else "",
+                       f"-{args.relevance_loss}" if args.relevance_loss != "bce" else "",
+                       f"-w{args.weight:g}" if args.weight is not None else "",
+                       "-truelabels" if args.true_labels else ""])
     torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else SETTINGS
     if args.settings:
         settings = {k: SETTINGS[k] for k in args.settings.split(",")}
+    if args.mixed_fraction is not None:
+        settings = {k: replace(v, mixed_fraction=args.mixed_fraction) for k, v in settings.items()}
     seeds = list(range(1 if args.quick else args.seeds))
     epochs = 5 if args.quick else TrainConfig.epochs
     records = []
     with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
         for setting, synth in settings.items():
             ds = make_vegas_synth(synth)
+            if args.true_labels:
+                ds = replace(ds, labels=np.asarray(ds.meta["true_labels"]))
             for seed in seeds:
                 teacher_dir = None
                 for method in methods:
@@ -72,7 +88,7 @@ def main() -> None:
                         shutil.copytree(teacher_dir / "teacher", out / "teacher")
                         shutil.copy2(teacher_dir / "step1.json", out / "step1.json")
                     cfg = DistillConfig(method=method, prompt_conditioning=args.prompts,
-                                        teacher_epochs=3 if args.quick else 20)
+                                        teacher_epochs=3 if args.quick else 20, relevance_loss=args.relevance_loss)
                     if args.weight is not None:
                         cfg.weight = args.weight
                     start = time.perf_counter()
@@ -93,7 +109,8 @@ def main() -> None:
                            "student_seconds": meta["train_seconds"], "wall_seconds": wall,
                            "teacher_seconds": meta.get("teacher", {}).get("teacher_seconds"),
                            "teacher_val_accuracy": meta.get("teacher", {}).get("teacher_val_accuracy"),
-                           "best_epoch": meta["best_epoch"], "deployed_params": n_params,
+                           "best_epoch": meta["best_epoch"], "best_val_map": meta["best_val_map"],
+                           "deployed_params": n_params,
                            "query_embed_ms": 1000 * embed_s}
                     records.append(rec)
                     print(f"{setting} seed {seed} {method:12s} mean mAP {rep.mean_map:.4f} "
@@ -103,7 +120,8 @@ def main() -> None:
     for setting in settings:
         for method in methods:
             recs = [r for r in records if r["setting"] == setting and r["method"] == method]
-            stats = {k: _mean_std([r[k] for r in recs]) for k in ("a2v", "v2a", "mean", "student_seconds")}
+            stats = {k: _mean_std([r[k] for r in recs])
+                     for k in ("a2v", "v2a", "mean", "best_val_map", "student_seconds")}
             params = {r["deployed_params"] for r in recs}
             embed_ms = statistics.median(r["query_embed_ms"] for r in recs)
             summary.append({"setting": setting, "method": method, "n_seeds": len(recs),
@@ -112,17 +130,21 @@ def main() -> None:
                             **{f"{k}_std": v[1] for k, v in stats.items()}})
             rows.append([setting, method, len(recs)] + [f"{100 * stats[k][0]:.2f} ± {100 * stats[k][1]:.2f}"
                                                          for k in ("a2v", "v2a", "mean")]
-                        + [f"{stats['student_seconds'][0]:.0f}", f"{embed_ms:.3f}", "/".join(map(str, params))])
-    print("\nvegas-synth (SYNTHETIC data) — test mAP (%) mean ± std over seeds; selection on val only")
-    print_table(["setting", "method", "seeds", "A->V", "V->A", "mean", "student s", "query ms", "params"], rows)
+                        + [f"{100 * stats['best_val_map'][0]:.2f}", f"{stats['student_seconds'][0]:.0f}",
+                           f"{embed_ms:.3f}", "/".join(map(str, params))])
+    print(f"\nvegas-synth (SYNTHETIC data{variant}) — test mAP (%) mean ± std over seeds; selection on val only")
+    print_table(["setting", "method", "seeds", "A->V", "V->A", "mean", "val mean", "student s", "query ms", "params"],
+                rows)
     teacher_times = [r["teacher_seconds"] for r in records if r["teacher_seconds"]]
     if teacher_times:
         print(f"teacher training: median {statistics.median(teacher_times):.0f} s per setting and seed "
               f"(shared by kd and videoadviser)")
     name = "bench_distill_quick" if args.quick else "bench_distill" + (f"-{args.settings}" if args.settings else "")
+    name += variant
     path = write_results(name, {
         "synthetic": True, "settings": {k: asdict(v) for k, v in settings.items()},
-        "prompts": args.prompts, "runs": records, "summary": summary, "machine": machine_info()})
+        "prompts": args.prompts, "relevance_loss": args.relevance_loss, "weight": args.weight,
+        "true_labels": args.true_labels, "runs": records, "summary": summary, "machine": machine_info()})
     print(f"wrote {path}")
     assert np.isfinite([r["mean"] for r in records]).all()
 
