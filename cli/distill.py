@@ -11,7 +11,7 @@ from avret.distill.msd import MSD_DEFAULTS
 from avret.distill.pipeline import DistillConfig, run_distillation
 from avret.models.train import TrainConfig
 from cli.common import user_errors
-from cli.options import DataOpt, DatasetOpt, SynthClipsOpt, SynthSeedOpt, open_dataset
+from cli.options import DataOpt, DatasetOpt, FramesOpt, SynthClipsOpt, SynthSeedOpt, open_dataset, with_frames
 from cli.progress import progress_bar, status
 
 
@@ -21,6 +21,7 @@ def distill(
     out: Path = typer.Option(Path("runs/distill"), "--out", help="Run directory (resumable)"),
     dataset: str = DatasetOpt,
     data: Path | None = DataOpt,
+    frames: Path | None = FramesOpt,
     synth_clips: int | None = SynthClipsOpt,
     synth_seed: int | None = SynthSeedOpt,
     clip_model: str | None = typer.Option(None, "--clip-model", help="open_clip architecture (or config .json)"),
@@ -44,7 +45,7 @@ def distill(
                                    help="mi-kd: l1,l2,l3 (InfoNCE teacher-student, InfoNCE teacher-aux, adversarial)"),
 ) -> None:
     """Distil a teacher into the audio/visual towers; the deployed towers are the same for every method."""
-    ds = open_dataset(dataset, data, synth_clips, synth_seed)
+    ds = with_frames(open_dataset(dataset, data, synth_clips, synth_seed), frames)
     status(ds.describe())
     cfg = DistillConfig(method=method, clip_model=clip_model, clip_weights=clip_weights,
                         prompt_conditioning=prompts, pooling=pooling, teacher_use_audio=teacher_audio,

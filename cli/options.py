@@ -12,6 +12,8 @@ DatasetOpt = typer.Option("vegas-synth", "--dataset", help="vegas-synth | vegas 
 DataOpt = typer.Option(None, "--data", help="Path of the community h5 file for --dataset vegas/ave")
 SynthClipsOpt = typer.Option(None, "--synth-clips", help="vegas-synth: number of clips (default 6000)")
 SynthSeedOpt = typer.Option(None, "--synth-seed", help="vegas-synth: generator seed (default 0)")
+FramesOpt = typer.Option(None, "--frames", help="Teacher frame embeddings for the data set: .npy (N,T,D) in row "
+                         "order, .npz/.h5 with teacher_frames [teacher_mask, clip_ids], or a features folder")
 
 
 def open_dataset(dataset: str, data: Path | None, synth_clips: int | None, synth_seed: int | None) -> AVDataset:
@@ -21,3 +23,12 @@ def open_dataset(dataset: str, data: Path | None, synth_clips: int | None, synth
         overrides = {k: v for k, v in (("n_clips", synth_clips), ("seed", synth_seed)) if v is not None}
         synth = SynthConfig(**overrides)
     return load_dataset(dataset, data, synth=synth)
+
+
+def with_frames(ds: AVDataset, frames: Path | None) -> AVDataset:
+    """``ds`` paired with ``--frames`` when given."""
+    if frames is None:
+        return ds
+    from avret.data.frames import attach_teacher_frames
+
+    return attach_teacher_frames(ds, frames)

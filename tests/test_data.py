@@ -172,3 +172,55 @@ def test_validation_split_is_carved_from_train_only(tiny_synth):
     assert (ds.split == "val").sum() > 0
     folds = [tiny_synth.kfold(3, f) for f in range(3)]
     assert sum((f.split == "test").sum() for f in folds) == len(tiny_synth)
+
+
+def test_teacher_frames_paired_by_row_order_clip_id_or_folder(tmp_path):
+    from avret.data.frames import attach_teacher_frames
+
+    _write_single_table(tmp_path / "vegas.h5", n=20)
+    ds = load_dataset("vegas", tmp_path / "vegas.h5")
+    frames = np.random.default_rng(1).normal(size=(20, 3, 8)).astype(np.float32)
+    np.save(tmp_path / "frames.npy", frames)
+    by_row = attach_teacher_frames(ds, tmp_path / "frames.npy")
+    np.testing.assert_array_equal(by_row.teacher_frames, frames)
+    assert by_row.teacher_mask.all() and by_row.meta["teacher_frames_source"].endswith("frames.npy")
+    # by clip id, in another order and with an extra clip
+    order = np.random.default_rng(2).permutation(20)
+    ids = np.append(ds.clip_ids[order], "extra")
+    mask = np.ones((21, 3), bool)
+    mask[np.flatnonzero(order == 4), 2] = False
+    np.savez(tmp_path / "frames.npz", teacher_frames=np.concatenate([frames[order], frames[:1]]),
+             teacher_mask=mask, clip_ids=ids)
+    by_id = attach_teacher_frames(ds, tmp_path / "frames.npz")
+    np.testing.assert_array_equal(by_id.teacher_frames, frames)
+    assert by_id.teacher_mask.sum() == 59 and not by_id.teacher_mask[4, 2]
+    # a features folder (the layout `avret features extract` writes)
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    (folder / "manifest.csv").write_text("clip_id\n" + "\n".join(ds.clip_ids[::-1]) + "\n")
+    np.save(folder / "teacher_frames.npy", frames[::-1])
+    np.testing.assert_array_equal(attach_teacher_frames(ds, folder).teacher_frames, frames)
+
+
+@pytest.mark.parametrize("write,message", [
+    (lambda p: np.save(p / "f.npy", np.zeros((19, 3, 8), np.float32)),
+     r"f.npy: field 'teacher_frames' has 19 rows, expected 20"),
+    (lambda p: np.save(p / "f.npy", np.zeros((20, 8), np.float32)),
+     r"f.npy: field 'teacher_frames' has shape \(20, 8\), expected \(N, T, D\)"),
+    (lambda p: np.savez(p / "f.npz", frames=np.zeros((20, 3, 8))), r"f.npz: key 'teacher_frames' is missing"),
+    (lambda p: np.savez(p / "f.npz", teacher_frames=np.zeros((2, 3, 8)), clip_ids=np.array(["clip_00000", "x"])),
+     r"f.npz: no frames for clip 'clip_00001' \(and 18 more\)"),
+    (lambda p: np.savez(p / "f.npz", teacher_frames=np.zeros((20, 3, 8)), teacher_mask=np.ones((20, 2), bool)),
+     r"f.npz: field 'teacher_mask' has shape \(20, 2\), expected \(20, 3\)"),
+    (lambda p: (p / "f.txt").write_text("x"), r"f.txt: unknown frame file type '.txt'"),
+    (lambda p: None, r"f.npy: frame file not found"),
+])
+def test_teacher_frames_bad_input_names_file_and_field(tmp_path, write, message):
+    from avret.data.frames import attach_teacher_frames
+
+    _write_single_table(tmp_path / "vegas.h5", n=20)
+    ds = load_dataset("vegas", tmp_path / "vegas.h5")
+    write(tmp_path)
+    target = next((p for p in tmp_path.iterdir() if p.stem == "f"), tmp_path / "f.npy")
+    with pytest.raises(DataError, match=message):
+        attach_teacher_frames(ds, target)

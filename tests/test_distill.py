@@ -151,3 +151,35 @@ def test_saved_teacher_reloads_in_a_fresh_process(runs):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-500:]
     assert out.stdout.strip() == "10"
+
+
+def test_distill_on_a_community_h5_paired_with_frames_then_eval(tmp_path):
+    """The acceptance path for real data: community-layout h5 + frame embeddings + local CLIP weights."""
+    import h5py
+
+    from tests.fixtures_clip import make_tiny_clip
+
+    synth = make_vegas_synth(SynthConfig(n_clips=300, seed=3))
+    with h5py.File(tmp_path / "vegas.h5", "w") as f:  # single-table layout; uint8 audio like the community files
+        f["audio_feat"] = np.clip(np.round(synth.audio * 256 + 128), 0, 255).astype(np.uint8)
+        f["visual_feat"] = synth.visual
+        f["Label_ID"] = synth.labels.reshape(-1, 1)
+        f["Train_test"] = (synth.split == "test").astype(np.int64)
+    np.save(tmp_path / "frames.npy", synth.teacher_frames)
+    clip_name, clip_weights = make_tiny_clip(tmp_path)
+    run = tmp_path / "run"
+    args = ["distill", "--method", "videoadviser", "--dataset", "vegas", "--data", str(tmp_path / "vegas.h5"),
+            "--clip-model", clip_name, "--clip-weights", clip_weights,
+            "--teacher-epochs", "2", "--prompts", "shared", "--epochs", "3"]
+    res = CliRunner().invoke(app, [*args, "--out", str(run), "--frames", str(tmp_path / "frames.npy")])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["method"] == "videoadviser" and meta["teacher"]["teacher_key"]["frames"].endswith("frames.npy")
+    res = CliRunner().invoke(app, ["eval", "--model", str(run), "--dataset", "vegas", "--data",
+                                   str(tmp_path / "vegas.h5")])
+    assert res.exit_code == 0, res.output
+    assert "SYNTHETIC" not in res.stdout and "mean" in res.stdout
+    # without frames: a one-line error that says how to pair them
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "has no teacher view" in res.stderr and "--frames" in res.stderr
+    assert not (tmp_path / "r2").exists()

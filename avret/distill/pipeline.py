@@ -69,7 +69,8 @@ def _teacher_outputs(dataset: AVDataset, config: DistillConfig, out: Path, seed:
     from avret.distill.teacher import VideoAdviserTeacher, teacher_config_for_dataset, train_teacher_on_dataset
 
     clip_model = config.clip_model or register_synthetic_clip()
-    key = {**config.teacher_key(), "seed": seed, "dataset": dataset_ref}
+    key = {**config.teacher_key(), "seed": seed, "dataset": dataset_ref,
+           "frames": dataset.meta.get("teacher_frames_source")}
     tdir, step1_file = out / "teacher", out / "step1.json"
     saved = json.loads(step1_file.read_text()) if step1_file.is_file() else None
     started = time.perf_counter()
@@ -144,6 +145,10 @@ def run_distillation(
         say(f"{out} holds a run with other settings; training again")
     dataset = dataset.with_validation_split(tcfg.val_fraction, seed=tcfg.seed)
     ref = dataset_ref(dataset)
+    if cfg.method in NEEDS_TEACHER:
+        from avret.distill.teacher import require_teacher_view
+
+        require_teacher_view(dataset)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     teacher_out, teacher_info = None, {}
     if cfg.method in NEEDS_TEACHER:

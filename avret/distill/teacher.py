@@ -667,6 +667,15 @@ def train_teacher(
     )
 
 
+def require_teacher_view(dataset: AVDataset) -> None:
+    """Refuse a data set without per-frame teacher embeddings, saying how to supply them."""
+    if dataset.teacher_frames is None:
+        raise DataError(
+            f"data set '{dataset.name}' has no teacher view (teacher_frames); the teacher needs it: "
+            "pair the data set with --frames PATH"
+        )
+
+
 def teacher_config_for_dataset(
     dataset: AVDataset,
     clip_model: str,
@@ -679,10 +688,7 @@ def teacher_config_for_dataset(
 
     ``clip_weights=None`` means ``"random-init"`` and is only accepted for synthetic data sets.
     """
-    if dataset.teacher_frames is None:
-        raise DataError(
-            f"data set '{dataset.name}' has no teacher view (teacher_frames); the teacher needs it"
-        )
+    require_teacher_view(dataset)
     if clip_weights is None or clip_weights == RANDOM_INIT:
         if not dataset.synthetic:
             raise ModelError(
