@@ -71,7 +71,7 @@ def main() -> None:
     if args.mixed_fraction is not None:
         settings = {k: replace(v, mixed_fraction=args.mixed_fraction) for k, v in settings.items()}
     seeds = list(range(1 if args.quick else args.seeds))
-    epochs = 5 if args.quick else TrainConfig.epochs
+    epochs = 20 if args.quick else TrainConfig.epochs  # distilled students need more than a few epochs
     records = []
     with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
         for setting, synth in settings.items():
@@ -88,7 +88,7 @@ def main() -> None:
                         shutil.copytree(teacher_dir / "teacher", out / "teacher")
                         shutil.copy2(teacher_dir / "step1.json", out / "step1.json")
                     cfg = DistillConfig(method=method, prompt_conditioning=args.prompts,
-                                        teacher_epochs=3 if args.quick else 20, relevance_loss=args.relevance_loss)
+                                        teacher_epochs=5 if args.quick else 20, relevance_loss=args.relevance_loss)
                     if args.weight is not None:
                         cfg.weight = args.weight
                     start = time.perf_counter()
@@ -123,18 +123,22 @@ def main() -> None:
             stats = {k: _mean_std([r[k] for r in recs])
                      for k in ("a2v", "v2a", "mean", "best_val_map", "student_seconds")}
             params = {r["deployed_params"] for r in recs}
+            base = {r["seed"]: r["mean"] for r in records if r["setting"] == setting and r["method"] == "none"}
+            paired = _mean_std([r["mean"] - base[r["seed"]] for r in recs]) if base and method != "none" else None
             embed_ms = statistics.median(r["query_embed_ms"] for r in recs)
             summary.append({"setting": setting, "method": method, "n_seeds": len(recs),
                             "deployed_params": sorted(params), "query_embed_ms_median": embed_ms,
                             **{f"{k}_mean": v[0] for k, v in stats.items()},
-                            **{f"{k}_std": v[1] for k, v in stats.items()}})
+                            **{f"{k}_std": v[1] for k, v in stats.items()},
+                            "paired_gain_vs_none": paired})
             rows.append([setting, method, len(recs)] + [f"{100 * stats[k][0]:.2f} ± {100 * stats[k][1]:.2f}"
                                                          for k in ("a2v", "v2a", "mean")]
+                        + ([f"{100 * paired[0]:+.2f} ± {100 * paired[1]:.2f}"] if paired else ["—"])
                         + [f"{100 * stats['best_val_map'][0]:.2f}", f"{stats['student_seconds'][0]:.0f}",
                            f"{embed_ms:.3f}", "/".join(map(str, params))])
     print(f"\nvegas-synth (SYNTHETIC data{variant}) — test mAP (%) mean ± std over seeds; selection on val only")
-    print_table(["setting", "method", "seeds", "A->V", "V->A", "mean", "val mean", "student s", "query ms", "params"],
-                rows)
+    print_table(["setting", "method", "seeds", "A->V", "V->A", "mean", "vs none (paired)", "val mean", "student s",
+                 "query ms", "params"], rows)
     teacher_times = [r["teacher_seconds"] for r in records if r["teacher_seconds"]]
     if teacher_times:
         print(f"teacher training: median {statistics.median(teacher_times):.0f} s per setting and seed "
