@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--prompts", default="per-clip", help="teacher prompt conditioning")
     parser.add_argument("--weight", type=float, default=None, help="distillation weight (default: method's)")
     parser.add_argument("--relevance-loss", default="bce", help="videoadviser step-2 loss: bce | mse")
+    parser.add_argument("--student-target", default="pairwise", help="videoadviser step 2: pairwise | per-clip")
     parser.add_argument("--mixed-fraction", type=float, default=None,
                         help="override vegas-synth's share of mixed clips (0: the control without them)")
     parser.add_argument("--true-labels", action="store_true",
@@ -62,6 +63,7 @@ def main() -> None:
     methods = args.methods.split(",")
     variant = "".join([f"-mixed{args.mixed_fraction:g}" if args.mixed_fraction is not None else "",
                        f"-{args.relevance_loss}" if args.relevance_loss != "bce" else "",
+                       f"-{args.student_target}" if args.student_target != "pairwise" else "",
                        f"-w{args.weight:g}" if args.weight is not None else "",
                        "-truelabels" if args.true_labels else ""])
     torch.set_num_threads(args.threads)
@@ -88,7 +90,8 @@ def main() -> None:
                         shutil.copytree(teacher_dir / "teacher", out / "teacher")
                         shutil.copy2(teacher_dir / "step1.json", out / "step1.json")
                     cfg = DistillConfig(method=method, prompt_conditioning=args.prompts,
-                                        teacher_epochs=5 if args.quick else 20, relevance_loss=args.relevance_loss)
+                                        teacher_epochs=5 if args.quick else 20, relevance_loss=args.relevance_loss,
+                                        student_target=args.student_target)
                     if args.weight is not None:
                         cfg.weight = args.weight
                     start = time.perf_counter()
@@ -147,7 +150,8 @@ def main() -> None:
     name += variant
     path = write_results(name, {
         "synthetic": True, "settings": {k: asdict(v) for k, v in settings.items()},
-        "prompts": args.prompts, "relevance_loss": args.relevance_loss, "weight": args.weight,
+        "prompts": args.prompts, "relevance_loss": args.relevance_loss, "student_target": args.student_target,
+        "weight": args.weight,
         "true_labels": args.true_labels, "runs": records, "summary": summary, "machine": machine_info()})
     print(f"wrote {path}")
     assert np.isfinite([r["mean"] for r in records]).all()

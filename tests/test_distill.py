@@ -104,6 +104,21 @@ def test_distilled_towers_have_the_same_parameters_and_cost(runs):
     assert meta["method"] == "videoadviser" and "tau" in meta["teacher"]
 
 
+def test_reused_teacher_gives_the_same_student_as_a_fresh_one(tmp_path):
+    import shutil
+
+    fresh, resumed = tmp_path / "fresh", tmp_path / "resumed"
+    args = ["distill", "--method", "kd", *RUN_ARGS]
+    assert CliRunner().invoke(app, [*args, "--out", str(fresh)]).exit_code == 0
+    resumed.mkdir()
+    shutil.copytree(fresh / "teacher", resumed / "teacher")  # the teacher is reused, not retrained
+    shutil.copy2(fresh / "step1.json", resumed / "step1.json")
+    res = CliRunner().invoke(app, [*args, "--out", str(resumed)])
+    assert res.exit_code == 0 and "reusing teacher" in res.output
+    a, b = load_model(fresh).state_dict(), load_model(resumed).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_distill_then_eval_from_the_cli(runs):
     res = CliRunner().invoke(app, ["eval", "--model", str(runs / "videoadviser"), *SYNTH])
     assert res.exit_code == 0, res.output

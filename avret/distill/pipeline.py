@@ -32,6 +32,7 @@ from avret.models.runs import run_metadata, write_run
 from avret.models.towers import TowerConfig
 from avret.models.train import TrainConfig, train_towers
 from avret.utils.atomic import write_json
+from avret.utils.seeding import seed_everything
 
 Status = Callable[[str], None]
 
@@ -159,6 +160,9 @@ def run_distillation(
                "relevance_loss": cfg.relevance_loss, **cfg.options}
     ctx = MethodContext(dataset.subset("train"), dataset.subset("val"), teacher_out, tower_cfg.embed_dim,
                         tcfg.seed, options)
+    # training-only heads draw their initial weights here: seed them, so that a run which reuses a
+    # saved teacher gets the same heads (and towers) as one that has just trained it
+    seed_everything(tcfg.seed)
     aux = build_method(cfg.method, ctx)
     say(f"training towers (method {cfg.method})")
     result = train_towers(dataset, tower_cfg, tcfg, aux_loss=aux, progress=progress)
