@@ -10,14 +10,15 @@ from avret.eval.evaluate import evaluate_paths, protocol
 from avret.eval.report import format_details, format_map_table
 from avret.utils.atomic import write_json
 from cli.common import user_errors
-from cli.options import DataOpt, SynthClipsOpt, SynthSeedOpt, open_dataset
+from cli.options import DataOpt, SynthClipsOpt, SynthSeedOpt, dataset_of_models, open_dataset
 from cli.progress import progress_bar, status
 
 
 @user_errors
 def evaluate(
-    dataset: str = typer.Option("vegas-synth", "--dataset",
-                                help="vegas-synth | vegas | ave | mosi | mosei | a path (.h5 or folder)"),
+    dataset: str | None = typer.Option(None, "--dataset",
+                                       help="vegas-synth | vegas | ave | mosi | mosei | a path (.h5 or folder); "
+                                       "default: the data set the first --model run was trained on"),
     data: Path | None = DataOpt,
     model: list[Path] = typer.Option([], "--model", help="Run/model directories (repeatable); "
                                      "none: train towers + CCA on train and evaluate both"),
@@ -36,7 +37,7 @@ def evaluate(
             raise typer.BadParameter(f"--dataset {dataset} needs --data PATH and --model RUN")
         eval_dataset_command(dataset, data, model[0], json_out)
         return
-    ds = open_dataset(dataset, data, synth_clips, synth_seed)
+    ds = open_dataset(dataset_of_models(dataset, model, synth_clips, synth_seed), data, synth_clips, synth_seed)
     status(ds.describe())
     with progress_bar("eval queries") as update:
         if model:

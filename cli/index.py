@@ -9,7 +9,7 @@ import typer
 from avret.index.pipeline import build_indexes
 from avret.models.base import load_model
 from cli.common import user_errors
-from cli.options import DataOpt, DatasetOpt, SynthClipsOpt, SynthSeedOpt, open_dataset
+from cli.options import DataOpt, ModelDatasetOpt, SynthClipsOpt, SynthSeedOpt, dataset_of_models, open_dataset
 from cli.progress import status
 
 app = typer.Typer(help="Build gallery indexes.", no_args_is_help=True)
@@ -20,7 +20,7 @@ app = typer.Typer(help="Build gallery indexes.", no_args_is_help=True)
 def build(
     model: Path = typer.Option(Path("runs/towers"), "--model", help="Run or model directory"),
     out: Path = typer.Option(Path("runs/index"), "--out", help="Index root directory to write"),
-    dataset: str = DatasetOpt,
+    dataset: str | None = ModelDatasetOpt,
     data: Path | None = DataOpt,
     synth_clips: int | None = SynthClipsOpt,
     synth_seed: int | None = SynthSeedOpt,
@@ -34,7 +34,7 @@ def build(
     if modality not in modalities:
         raise typer.BadParameter(f"--modality {modality}: expected both, visual or audio")
     embedder = load_model(model)
-    ds = open_dataset(dataset, data, synth_clips, synth_seed)
+    ds = open_dataset(dataset_of_models(dataset, [model], synth_clips, synth_seed), data, synth_clips, synth_seed)
     status(ds.describe())
     built = build_indexes(embedder, ds, out, split=split, modalities=modalities[modality],
                           factory=factory, device=device, progress=status)

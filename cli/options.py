@@ -7,8 +7,11 @@ from pathlib import Path
 import typer
 
 from avret.data import AVDataset, SynthConfig, load_dataset
+from cli.progress import status
 
 DatasetOpt = typer.Option("vegas-synth", "--dataset", help="vegas-synth | vegas | ave | a path (.h5 or folder)")
+ModelDatasetOpt = typer.Option(None, "--dataset", help="vegas-synth | vegas | ave | a path (.h5 or folder); "
+                               "default: the data set the --model run was trained on")
 DataOpt = typer.Option(None, "--data", help="Path of the community h5 file for --dataset vegas/ave")
 SynthClipsOpt = typer.Option(None, "--synth-clips", help="vegas-synth: number of clips (default 6000)")
 SynthSeedOpt = typer.Option(None, "--synth-seed", help="vegas-synth: generator seed (default 0)")
@@ -23,6 +26,21 @@ def open_dataset(dataset: str, data: Path | None, synth_clips: int | None, synth
         overrides = {k: v for k, v in (("n_clips", synth_clips), ("seed", synth_seed)) if v is not None}
         synth = SynthConfig(**overrides)
     return load_dataset(dataset, data, synth=synth)
+
+
+def dataset_of_models(dataset: str | None, models: list[Path], synth_clips: int | None,
+                      synth_seed: int | None) -> str:
+    """``--dataset`` when given, else the data set the first ``--model`` run records, else vegas-synth."""
+    if dataset is not None:
+        return dataset
+    if models and synth_clips is None and synth_seed is None:
+        from avret.models.runs import recorded_dataset
+
+        recorded = recorded_dataset(models[0])
+        if recorded:
+            status(f"data set from {models[0]}: {recorded}")
+            return recorded
+    return "vegas-synth"
 
 
 def with_frames(ds: AVDataset, frames: Path | None) -> AVDataset:

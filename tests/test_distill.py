@@ -194,6 +194,12 @@ def test_distill_on_a_community_h5_paired_with_frames_then_eval(tmp_path):
                                    str(tmp_path / "vegas.h5")])
     assert res.exit_code == 0, res.output
     assert "SYNTHETIC" not in res.stdout and "mean" in res.stdout
+    # index build and eval default to the data set the run was trained on (the h5), not vegas-synth
+    res = CliRunner().invoke(app, ["index", "build", "--model", str(run), "--out", str(tmp_path / "idx")])
+    assert res.exit_code == 0, res.output
+    assert "300 visual clips" in res.stdout
+    res = CliRunner().invoke(app, ["eval", "--model", str(run)])
+    assert res.exit_code == 0 and "SYNTHETIC" not in res.stdout and "60 queries per direction" in res.stdout
     # without frames: a one-line error that says how to pair them
     res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r2")])
     assert res.exit_code == 2 and "has no teacher view" in res.stderr and "--frames" in res.stderr

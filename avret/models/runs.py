@@ -69,6 +69,16 @@ def read_run(path: str | Path) -> dict[str, Any]:
     return json.loads(f.read_text(encoding="utf-8"))
 
 
+def recorded_dataset(path: str | Path) -> str | None:
+    """The data-set reference a run (``RUN`` or ``RUN/model``) was trained on, if it records one."""
+    path = Path(path)
+    for run_dir in (path, path.parent):
+        f = run_dir / RUN_FILE
+        if f.is_file():
+            return json.loads(f.read_text(encoding="utf-8")).get("dataset")
+    return None
+
+
 def fit_cca_selected(dataset: AVDataset, seed: int = 0, val_fraction: float = 0.1) -> tuple[CCAModel, dict]:
     """Fit CCA on ``train``; choose components and ridge by validation mAP (never test).
 
