@@ -26,10 +26,11 @@ import numpy as np
 import torch
 
 from avret.data import SynthConfig, make_vegas_synth
+from avret.distill.methods import NEEDS_TEACHER
 from avret.distill.pipeline import DistillConfig, run_distillation
 from avret.eval.evaluate import evaluate_model
-from avret.models.base import load_model
-from avret.models.train import TrainConfig
+from avret.io import load_model
+from avret.train.towers import TrainConfig
 from benchmarks._common import machine_info, median_time, print_table, write_results
 
 SETTINGS = {
@@ -84,7 +85,7 @@ def main() -> None:
                 teacher_dir = None
                 for method in methods:
                     out = Path(tmp) / f"{setting}-{seed}-{method}"
-                    if teacher_dir is not None:  # share the teacher of this setting and seed
+                    if teacher_dir is not None and method in NEEDS_TEACHER:  # share this setting and seed's teacher
                         import shutil
 
                         shutil.copytree(teacher_dir / "teacher", out / "teacher")
@@ -97,7 +98,7 @@ def main() -> None:
                     start = time.perf_counter()
                     run = run_distillation(ds, out, cfg, TrainConfig(seed=seed, epochs=epochs))
                     wall = time.perf_counter() - start
-                    if method != "none" and teacher_dir is None:
+                    if method in NEEDS_TEACHER and teacher_dir is None:
                         teacher_dir = out
                     import json
 

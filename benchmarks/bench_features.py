@@ -37,14 +37,12 @@ def _sync(device: torch.device) -> None:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Run every stage; return the JSON payload (also printed as a table by :func:`main`)."""
-    import open_clip
-
     from avret.features import vggish_frontend as fe
     from avret.features.clip_frames import ClipFrameEncoder
-    from avret.features.decode import decode_audio, decode_frames
-    from avret.features.extract import single_torch_thread
+    from avret.features.decode import decode_audio, decode_frames, single_torch_thread
     from avret.features.synthetic_media import write_media
     from avret.features.vggish import VGGish, VGGishEmbedder
+    from avret.models.clip import RANDOM_INIT, load_clip
 
     n_clips, seconds, repeats = (2, 5.0, 2) if quick else (4, 10.0, 3)
     fps, batch = 1.0, 64
@@ -82,7 +80,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
     torch.manual_seed(0)
     vggish = VGGish().eval()  # random weights, real architecture
-    clip_model = open_clip.create_model("ViT-B-32", pretrained=None)  # random weights
+    clip_model = load_clip("ViT-B-32", RANDOM_INIT, allow_random=True)  # seeded random weights
     clip_cpu = ClipFrameEncoder("ViT-B-32", clip_model.visual, device="cpu")
     flat = [im for fr in frames for im in fr]
 

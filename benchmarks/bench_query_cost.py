@@ -25,8 +25,8 @@ import torch
 from avret.data import SynthConfig, make_vegas_synth
 from avret.distill.pipeline import DistillConfig, run_distillation
 from avret.index.pipeline import build_indexes
-from avret.models.base import load_model
-from avret.models.train import TrainConfig
+from avret.io import load_model
+from avret.train.towers import TrainConfig
 from benchmarks._common import machine_info, print_table, write_results
 
 DIRECTIONS = {"audio-to-video": ("audio", "visual"), "video-to-audio": ("visual", "audio")}

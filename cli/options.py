@@ -15,6 +15,8 @@ ModelDatasetOpt = typer.Option(None, "--dataset", help="vegas-synth | vegas | av
 DataOpt = typer.Option(None, "--data", help="Path of the community h5 file for --dataset vegas/ave")
 SynthClipsOpt = typer.Option(None, "--synth-clips", help="vegas-synth: number of clips (default 6000)")
 SynthSeedOpt = typer.Option(None, "--synth-seed", help="vegas-synth: generator seed (default 0)")
+DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda (auto: CUDA when torch sees a GPU)")
+PrecisionOpt = typer.Option("fp32", "--precision", help="fp32 | bf16 (bf16 autocast, CUDA only)")
 FramesOpt = typer.Option(None, "--frames", help="Teacher frame embeddings for the data set: .npy (N,T,D) in row "
                          "order, .npz/.h5 with teacher_frames [teacher_mask, clip_ids], or a features folder")
 
@@ -34,7 +36,7 @@ def dataset_of_models(dataset: str | None, models: list[Path], synth_clips: int 
     if dataset is not None:
         return dataset
     if models and synth_clips is None and synth_seed is None:
-        from avret.models.runs import recorded_dataset
+        from avret.train.runs import recorded_dataset
 
         recorded = recorded_dataset(models[0])
         if recorded:

@@ -1,9 +1,12 @@
 """``avret sentiment``: train, evaluate and run the text sentiment student (VideoAdviser step 2).
 
-    avret sentiment train --data label.csv [--encoder DIR] [--epochs 8] [--seed 0]
-                          [--teacher-scores scores.csv | --distill videoadviser] --out RUN_DIR
-    avret sentiment eval --model RUN_DIR --data label.csv [--split test] [--json FILE]
-    avret sentiment predict --model RUN_DIR "what a wonderful film" ...   (or --file LINES.txt)
+    avret sentiment train --data label.csv [--encoder DIR] [--epochs 6] [--seed 0] [--device auto]
+                          [--teacher-scores scores.csv | --distill videoadviser] --out RUN
+    avret sentiment eval --model RUN --data label.csv [--split test] [--json FILE]
+    avret sentiment predict --model RUN "what a wonderful film" ...   (or --file LINES.txt)
+
+RUN is avret's one run-directory layout (``RUN/model/`` + ``RUN/run.json``, see :mod:`avret.io`);
+``--model`` takes ``RUN`` or ``RUN/model``.
 
 User errors (bad rows, missing files, a broken run directory) print one line and exit 2.
 """
@@ -17,6 +20,7 @@ from typing import Any
 import typer
 
 from cli.common import user_errors
+from cli.options import DeviceOpt, PrecisionOpt
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -67,14 +71,17 @@ def train(
                                       help="--distill: folds for out-of-fold train scores."),
     teacher_epochs: int = typer.Option(20, "--teacher-epochs", min=1, help="--distill: teacher max epochs."),
     dataset: str = typer.Option("mosi", "--dataset", help="mosi | mosei (only picks the default --data)."),
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
 ) -> None:
-    """Fine-tune the student (best dev-MAE epoch kept), evaluate test once, write RUN_DIR."""
+    """Fine-tune the student (best dev-MAE epoch kept), evaluate test once, write RUN (model/ + run.json)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from avret.errors import AvretError
     from avret.sentiment.data import check_teacher_coverage, read_teacher_scores
     from avret.sentiment.metrics import metrics_table
-    from avret.sentiment.train import TrainConfig, train_student, write_run
+    from avret.sentiment.train import TrainConfig, train_student, write_student_run
+    from avret.utils.device import resolve_device
 
     if teacher_scores is not None and distill is not None:
         raise AvretError("--teacher-scores and --distill are exclusive (pass one teacher source)")
@@ -82,11 +89,12 @@ def train(
         raise AvretError(f"--distill is {distill!r} (expected one of {', '.join(DISTILL_SOURCES)})")
     cfg = TrainConfig(epochs=epochs, seed=seed, lr=lr, head_lr=head_lr, batch_size=batch_size,
                       max_len=max_len, pooling=pooling, head_init=head_init, head=head, alpha=alpha,
-                      distill_loss=distill_loss)
+                      distill_loss=distill_loss, device=device, precision=precision)
     try:
         cfg.validate()
     except ValueError as exc:
         raise AvretError(str(exc)) from None
+    resolve_device(device)  # a bad --device is a one-line error before any training
     data_path, examples = _load(data, dataset)
     console = _console()
     meta: dict[str, Any] = {"data": str(data_path), "dataset": dataset,
@@ -103,7 +111,7 @@ def train(
         console.print("training the VideoAdviser teacher (step 1) ...")
         scores, info = teacher_scores_from_videoadviser(
             examples, encoder=None, seed=seed, k_folds=teacher_folds, epochs=teacher_epochs,
-            log=console.print)
+            device=device, precision=precision, log=console.print)
         meta["teacher"] = {"source": "videoadviser", **info, "alpha": alpha, "distill_loss": distill_loss}
     else:
         meta["teacher"] = None
@@ -116,12 +124,12 @@ def train(
             bar.update(task, description=phase, completed=done, total=total)
 
         result = train_student(examples, cfg, encoder=encoder, teacher_scores=scores, progress=progress)
-    write_run(out, result, cfg, meta, teacher_scores=scores)
+    write_student_run(out, result, cfg, meta, teacher_scores=scores)
     rows = {f"dev (epoch {result.best_epoch})": result.dev_metrics}
     if result.test_metrics is not None:
         rows["test"] = result.test_metrics
     typer.echo(metrics_table(rows))
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {out} (device {result.device})")
 
 
 def _evaluate(model_dir: Path, data_path: Path, examples: list[Any], split: str) -> dict[str, Any]:
@@ -142,7 +150,7 @@ def _evaluate(model_dir: Path, data_path: Path, examples: list[Any], split: str)
 @app.command("eval")
 @user_errors
 def eval_cmd(
-    model: Path = typer.Option(..., "--model", help="Run directory written by 'sentiment train'."),
+    model: Path = typer.Option(..., "--model", help="RUN (or RUN/model) written by 'sentiment train'."),
     data: Path | None = typer.Option(None, "--data", help="MMSA label.csv (default ../shared/data/mosi)."),
     split: str = typer.Option("test", "--split", help="train | dev | test"),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
@@ -186,7 +194,7 @@ def eval_dataset_command(dataset: str, data: Path | None, model: Path,
 @user_errors
 def predict(
     texts: list[str] | None = typer.Argument(None, help="Texts to score."),
-    model: Path = typer.Option(..., "--model", help="Run directory written by 'sentiment train'."),
+    model: Path = typer.Option(..., "--model", help="RUN (or RUN/model) written by 'sentiment train'."),
     file: Path | None = typer.Option(None, "--file", help="Score every non-empty line of this file."),
 ) -> None:
     """Print one sentiment score (about -3 .. 3) per text: ``score<TAB>text``."""

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
-from avret.models.runs import train_run
-from avret.models.train import TrainConfig
+from avret.io import read_run
+from avret.train.runs import train_run
+from avret.train.towers import TrainConfig
 from cli.common import user_errors
-from cli.options import DataOpt, DatasetOpt, SynthClipsOpt, SynthSeedOpt, open_dataset
+from cli.options import DataOpt, DatasetOpt, DeviceOpt, PrecisionOpt, SynthClipsOpt, SynthSeedOpt, open_dataset
 from cli.progress import progress_bar, status
 
 
@@ -23,12 +24,14 @@ def train(
     synth_seed: int | None = SynthSeedOpt,
     seed: int = typer.Option(0, "--seed"),
     epochs: int = typer.Option(TrainConfig.epochs, "--epochs"),
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
 ) -> None:
     """Train a retrieval model on the train split (model selection on a val split carved from it)."""
     ds = open_dataset(dataset, data, synth_clips, synth_seed)
     status(ds.describe())
-    cfg = TrainConfig(seed=seed, epochs=epochs)
+    cfg = TrainConfig(seed=seed, epochs=epochs, device=device, precision=precision)
     with progress_bar(f"train {model_type}", total=epochs) as update:
         run = train_run(ds, out, model_type, cfg,
                         progress=lambda e, n, r: update(e, n, f"val mAP {r['val_map']:.4f}"))
-    typer.echo(f"wrote {run}")
+    typer.echo(f"wrote {run} (device {read_run(run).get('device', 'cpu')})")

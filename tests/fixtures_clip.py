@@ -1,12 +1,14 @@
 """Reusable tiny open_clip fixtures (plain functions; no pytest magic).
 
-``make_tiny_clip(tmp_dir)`` registers a tiny open_clip architecture and writes seeded random
-weights to a local file, so tests exercise the same ``load_clip(name, weights_path)`` path users
-take with real CLIP weights -- nothing is ever downloaded.
+``make_tiny_clip(tmp_dir)`` writes a tiny open_clip model config (registered through
+:func:`avret.models.clip.register_model_config`) and seeded random weights to local files, so tests
+exercise the same ``load_clip(name, weights_path)`` path users take with real CLIP weights --
+nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,12 +23,14 @@ TINY_CLIP_CONFIG = {
 }
 
 
-def register_tiny_clip(name: str = TINY_CLIP_NAME) -> str:
-    """Register the tiny architecture with open_clip under ``name``; returns the name."""
-    from avret.distill.clip_loading import register_model_config
+def register_tiny_clip(tmp_dir: str | os.PathLike[str], name: str = TINY_CLIP_NAME) -> str:
+    """Write the tiny architecture to ``tmp_dir/<name>.json`` and register it with open_clip; returns ``name``."""
+    from avret.models.clip import register_model_config
 
-    register_model_config(name, TINY_CLIP_CONFIG)
-    return name
+    path = Path(tmp_dir) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(TINY_CLIP_CONFIG))
+    return register_model_config(path)
 
 
 def make_tiny_clip(
@@ -36,22 +40,17 @@ def make_tiny_clip(
     name: str = TINY_CLIP_NAME,
     filename: str = "tiny_clip.pt",
 ) -> tuple[str, str]:
-    """Register the tiny CLIP and save seeded random weights with ``torch.save(state_dict)``.
+    """Register the tiny CLIP and save seeded random weights of it with ``torch.save(state_dict)``.
 
     Returns ``(model_name, weights_path)`` for ``load_clip`` / ``TeacherConfig``. The file is reused
     when it already exists in ``tmp_dir``.
     """
-    import open_clip
+    from avret.models.clip import load_clip
 
-    register_tiny_clip(name)
+    register_tiny_clip(tmp_dir, name)
     path = Path(tmp_dir) / filename
     if not path.exists():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = open_clip.create_model(
-                name, pretrained=None, pretrained_text=False, pretrained_image=False
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
+        model = load_clip(name, None, allow_random=True, seed=seed)
         torch.save(model.state_dict(), path)
     return name, str(path)
 

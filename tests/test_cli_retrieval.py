@@ -46,7 +46,7 @@ def test_search_both_directions(built):
 
 def test_search_results_equal_brute_force(built):
     from avret.data import SynthConfig, make_vegas_synth
-    from avret.models.base import load_model
+    from avret.io import load_model
 
     ds = make_vegas_synth(SynthConfig(n_clips=400, seed=2))
     model = load_model(built / "towers")

@@ -11,28 +11,30 @@ import torch
 from typer.testing import CliRunner
 
 from avret.data import SynthConfig, make_vegas_synth
-from avret.distill.methods import METHODS, MethodContext, TeacherOutputs, build_method
+from avret.distill.context import MethodContext, TeacherOutputs
+from avret.distill.methods import METHODS, build_method
 from avret.distill.step1 import RelevanceHead
-from avret.distill.step2 import LogitKDLoss, PairwiseRelevanceLoss, kd_kl
 from avret.errors import AvretError
-from avret.models.base import load_model
-from avret.models.train import Batch
+from avret.io import load_model
+from avret.losses.kd import LogitKDLoss, kd_loss
+from avret.losses.relevance import PairwiseRelevanceLoss
+from avret.train.towers import Batch
 from cli.main import app
 
 SYNTH = ["--synth-clips", "300", "--synth-seed", "3"]
 RUN_ARGS = [*SYNTH, "--teacher-epochs", "2", "--prompts", "shared", "--epochs", "3"]
 
 
-def test_kd_kl_hand_computed():
+def test_kd_loss_hand_computed():
     t = torch.tensor([[math.log(3.0), 0.0]])  # teacher posterior (0.75, 0.25) at T=1
     s = torch.tensor([[0.0, 0.0]])  # student (0.5, 0.5)
     expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert kd_kl(s, t, 1.0).item() == pytest.approx(expected, rel=1e-6)
-    assert kd_kl(t, t, 4.0).item() == pytest.approx(0.0, abs=1e-7)
+    assert kd_loss(s, t, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    assert kd_loss(t, t, 4.0).item() == pytest.approx(0.0, abs=1e-7)
     # T^2 scaling: at T=2 the softened posteriors are (sqrt3, 1)/(sqrt3+1)
     p = math.sqrt(3) / (math.sqrt(3) + 1)
     expected2 = 4 * (p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5))
-    assert kd_kl(s, t, 2.0).item() == pytest.approx(expected2, rel=1e-5)  # float32
+    assert kd_loss(s, t, 2.0).item() == pytest.approx(expected2, rel=1e-5)  # float32
 
 
 def test_pairwise_relevance_loss_hand_computed():

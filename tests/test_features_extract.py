@@ -10,19 +10,20 @@ import pytest
 import torch
 
 from avret.data.folder import load_folder
-from avret.errors import DataError, ModelError
-from avret.features.clip_frames import load_clip
+from avret.errors import AvretError, DataError, ModelError
+from avret.features.clip_frames import load_clip_frame_encoder
 from avret.features.decode import decode_audio, decode_frames, probe
+from avret.features.encoders import clear_model_cache
 from avret.features.extract import (
     ExtractConfig,
     assign_clip_ids,
-    clear_model_cache,
     embed_query_media,
     extract_features,
     list_media,
 )
 from avret.features.synthetic_media import write_media
 from avret.features.vggish import VGGish
+from avret.models.clip import load_clip
 
 # ------------------------------------------------------------------ generated media
 
@@ -37,8 +38,6 @@ TINY_CLIP = {
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """Tiny random-weight VGGish (real layout, reduced widths) and a tiny open_clip model, saved to files."""
-    import open_clip
-
     d = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     torch.save(VGGish((4, 4, 8, 8, 8, 8), (16, 16, 128)).state_dict(), d / "vggish.pth")
@@ -46,11 +45,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
     vecs = np.linalg.qr(rng.standard_normal((128, 128)))[0] * 4
     torch.save({"pca_eigen_vectors": torch.tensor(vecs, dtype=torch.float32),
                 "pca_means": torch.zeros(128)}, d / "pca.pth")
-    cfg = d / "avret-tiny-clip.json"
+    cfg = d / "avret-tiny-frames-clip.json"
     cfg.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(cfg)
-    model = open_clip.create_model("avret-tiny-clip", pretrained=None)
-    torch.save(model.state_dict(), d / "tiny_clip.pt")
+    torch.save(load_clip(str(cfg), None, allow_random=True).state_dict(), d / "tiny_clip.pt")
     return {"vggish": d / "vggish.pth", "pca": d / "pca.pth", "clip_cfg": cfg, "clip": d / "tiny_clip.pt"}
 
 
@@ -201,12 +198,12 @@ def test_extract_with_pca_and_labels(models, media, tmp_path):
 
 def test_model_errors_are_one_line(models, media, tmp_path):
     clear_model_cache()
-    with pytest.raises(ModelError, match="does not fit CLIP model"):
-        load_clip(str(models["clip_cfg"]), models["vggish"])
-    with pytest.raises(ModelError, match="not found"):
-        load_clip(str(models["clip_cfg"]), tmp_path / "none.pt")
-    with pytest.raises(ModelError, match="not an open_clip model name"):
-        load_clip("no-such-model", models["clip"])
+    with pytest.raises(ModelError, match="does not fit the architecture 'avret-tiny-frames-clip'"):
+        load_clip_frame_encoder(str(models["clip_cfg"]), models["vggish"])
+    with pytest.raises(ModelError, match="does not exist"):
+        load_clip_frame_encoder(str(models["clip_cfg"]), tmp_path / "none.pt")
+    with pytest.raises(ModelError, match="not an open_clip architecture"):
+        load_clip_frame_encoder("no-such-model", models["clip"])
     with pytest.raises(ModelError, match="needs --clip-model"):
         extract_features([media], tmp_path / "o", ExtractConfig(vggish=models["vggish"]))
     bad = _config(models, clip_weights=models["vggish"])
@@ -215,6 +212,28 @@ def test_model_errors_are_one_line(models, media, tmp_path):
     assert "\n" not in str(exc.value)
     # A failed start leaves no shards, so the corrected command may reuse the directory.
     assert extract_features([media / "noise.mp4"], tmp_path / "o2", _config(models)).n_extracted == 1
+
+
+def test_device_option_is_resolved_by_the_shared_helper(models, media, tmp_path, monkeypatch):
+    """--device auto|cpu|cuda goes through avret.utils.device.resolve_device (one-line AvretError)."""
+    from typer.testing import CliRunner
+
+    from cli.features import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
+    clip = media / "noise.mp4"
+    with pytest.raises(AvretError, match="--device 'cuda': torch sees no CUDA GPU") as exc:
+        extract_features([clip], tmp_path / "o", _config(models, device="cuda"))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(AvretError, match="--device 'gpu': expected one of auto, cpu, cuda"):
+        extract_features([clip], tmp_path / "o", _config(models, device="gpu"))
+    with pytest.raises(AvretError, match="torch sees no CUDA GPU"):
+        embed_query_media(clip, "audio", _config(models), device="cuda")
+    assert extract_features([clip], tmp_path / "o", _config(models, device="auto")).device == "cpu"
+    res = CliRunner().invoke(app, ["extract", "--media", str(clip), "--out", str(tmp_path / "cli"), "--vggish",
+                                   str(models["vggish"]), "--clip-model", str(models["clip_cfg"]), "--clip-weights",
+                                   str(models["clip"]), "--device", "cuda", "--no-progress"])
+    assert res.exit_code == 2 and "torch sees no CUDA GPU" in res.output
 
 
 # ------------------------------------------------------------------ CLI

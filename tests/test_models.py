@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from avret.errors import DataError, ModelError
-from avret.models.base import load_model
+from avret.io import load_model, read_run
 from avret.models.cca import CCAModel
-from avret.models.runs import read_run, train_run
 from avret.models.towers import AVTowers, TowerConfig
+from avret.train.runs import train_run
 
 
 def test_embedding_is_the_same_alone_or_in_a_batch(tiny_run, tiny_synth):
@@ -43,7 +43,7 @@ def test_run_records_selection_on_val_not_test(tiny_run):
 
 
 def test_training_is_deterministic(tiny_synth, tmp_path):
-    from avret.models.train import TrainConfig
+    from avret.train.towers import TrainConfig
 
     runs = [train_run(tiny_synth, tmp_path / f"r{i}", "towers", TrainConfig(epochs=2, batch_size=128))
             for i in range(2)]

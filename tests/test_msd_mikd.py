@@ -4,27 +4,35 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from avret.data import SynthConfig, make_vegas_synth
-from avret.distill.methods import METHODS, NEEDS_TEACHER, MethodContext, build_method
-from avret.distill.mikd import MIKDLoss, info_nce
-from avret.distill.msd import (
-    MetaWeightLearner,
-    MSDLoss,
-    kd_per_sample,
-    modality_saliency,
-    modality_weights,
-    saliency_from_logits,
+from avret.distill.context import MethodContext
+from avret.distill.methods import METHODS, NEEDS_TEACHER, build_method
+from avret.distill.mikd import MIKDLoss
+from avret.distill.msd import MetaWeightLearner, MSDLoss, modality_saliency
+from avret.distill.multimodal_teacher import (
+    MODALITIES,
+    MultimodalTeacher,
+    MultimodalTeacherConfig,
+    build_teacher,
+    dataset_inputs,
+    train_multimodal_teacher,
 )
-from avret.distill.multimodal_teacher import MultimodalTeacher
-from avret.distill.step2 import kd_kl
-from avret.models.base import load_model
+from avret.errors import ModelError
+from avret.io import load_model
+from avret.losses.kd import kd_loss
+from avret.losses.mi import info_nce
+from avret.losses.msd import modality_weights, saliency_from_logits
 from avret.models.towers import AVTowers, TowerConfig
-from avret.models.train import Batch
+from avret.train.loop import FitResult
+from avret.train.towers import Batch
 from cli.main import app
 
 SYNTH = ["--synth-clips", "300", "--synth-seed", "3"]
@@ -57,7 +65,9 @@ def test_msd_loss_hand_computed():
     assert {id(p) for p in loss.parameters()} == {id(p) for p in loss.heads.parameters()}
     gen = torch.Generator().manual_seed(0)
     s, t = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
-    assert kd_per_sample(s, t, 2.0).mean().item() == pytest.approx(kd_kl(s, t, 2.0).item(), rel=1e-5)
+    per_clip = kd_loss(s, t, 2.0, reduction="none")
+    assert per_clip.shape == (5,)
+    assert per_clip.mean().item() == pytest.approx(kd_loss(s, t, 2.0).item(), rel=1e-6)
 
 
 def test_saliency_and_weighting_schemes_hand_computed():
@@ -78,7 +88,8 @@ def test_saliency_and_weighting_schemes_hand_computed():
 
 def _tiny_teacher(seed: int = 0) -> tuple[MultimodalTeacher, dict[str, torch.Tensor]]:
     torch.manual_seed(seed)
-    teacher = MultimodalTeacher({"audio": 4, "visual": 6, "view": 5}, num_classes=3, hidden_dim=8)
+    teacher = MultimodalTeacher(MultimodalTeacherConfig({"audio": 4, "visual": 6, "view": 5}, num_classes=3,
+                                                        hidden_dim=8))
     with torch.no_grad():
         for token in teacher.missing.values():
             token.normal_()
@@ -171,6 +182,66 @@ def test_info_nce_hand_computed():
     y = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # mismatched pairs: CE is log(1 + e)
     assert info_nce(x, y, 1.0).item() == pytest.approx(math.log(1 + math.e), rel=1e-6)
     assert info_nce(x, x, 0.5).item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+
+
+def test_methods_are_an_explicit_table():
+    import avret.distill.methods as methods
+
+    assert list(METHODS) == ["none", "kd", "videoadviser", "msd", "mi-kd"]
+    assert NEEDS_TEACHER == {"kd", "videoadviser"}
+    assert not hasattr(methods, "register")  # nothing is registered by importing a module
+
+
+def test_method_modules_import_without_the_method_table():
+    """msd / mi-kd take MethodContext from avret.distill.context: no cycle through methods.py."""
+    code = ("import sys, avret.distill.msd, avret.distill.mikd; "
+            "assert 'avret.distill.methods' not in sys.modules, 'methods imported'")
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_multimodal_teacher_round_trips_through_the_checkpoint_format(tmp_path):
+    teacher, inputs = _tiny_teacher()
+    teacher.set_input_stats(inputs)
+    path = teacher.save_pretrained(tmp_path / "mm")
+    raw = json.loads((path / "config.json").read_text())
+    assert raw["model_type"] == "multimodal-teacher" and raw["format_version"] == 1
+    assert raw["dims"] == {"audio": 4, "visual": 6, "view": 5} and raw["hidden_dim"] == 8 and raw["num_classes"] == 3
+    loaded = load_model(path)
+    assert isinstance(loaded, MultimodalTeacher) and loaded.config == teacher.config
+    assert loaded.fingerprint() == teacher.fingerprint()
+    teacher.eval()
+    for present in (MODALITIES, ("audio",), ("visual", "view")):
+        assert torch.equal(loaded.predict_logits(inputs, present), teacher.predict_logits(inputs, present))
+    assert torch.equal(loaded.encode(inputs), teacher.encode(inputs))
+    raw["fusion"] = "mean"  # a hand-edited config is a one-line ModelError naming the field
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="'fusion'"):
+        load_model(path)
+
+
+def test_multimodal_teacher_trains_on_the_one_loop():
+    ds = make_vegas_synth(SynthConfig(n_clips=200, seed=2)).with_validation_split(0.2, seed=0)
+    train, val = ds.subset("train"), ds.subset("val")
+
+    def run(seed: int) -> tuple[MultimodalTeacher, FitResult]:
+        torch.manual_seed(0)
+        teacher = build_teacher(train, hidden_dim=16)
+        return teacher, train_multimodal_teacher(teacher, train, val, epochs=6, patience=2, seed=seed)
+
+    (t1, r1), (t2, r2), (t3, _) = run(3), run(3), run(4)
+    assert isinstance(r1, FitResult) and r1.device == "cpu" and r1.config["patience"] == 2
+    assert {"train_loss", "val_ce", "val_accuracy"} <= set(r1.history[0])
+    # one seed, one trajectory (batch order and modality-dropout masks); another seed, another one
+    assert all(torch.equal(a, b) for a, b in zip(t1.state_dict().values(), t2.state_dict().values(), strict=True))
+    assert r1.history == [{**h, "seconds": r1.history[i]["seconds"]} for i, h in enumerate(r2.history)]
+    assert not torch.equal(t1.classifier.weight, t3.classifier.weight)
+    # the epoch with the lowest validation cross-entropy is the one restored
+    assert r1.best["val_ce"] == min(h["val_ce"] for h in r1.history)
+    logits = t1.predict_logits(dataset_inputs(val))
+    val_ce = torch.nn.functional.cross_entropy(logits, torch.from_numpy(val.labels).long()).item()
+    assert val_ce == pytest.approx(r1.best["val_ce"], rel=1e-5) and not t1.training
 
 
 @pytest.fixture(scope="module")

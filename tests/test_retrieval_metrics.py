@@ -16,6 +16,7 @@ from avret.eval import (
     format_map_table,
     retrieval_metrics,
 )
+from avret.eval.retrieval import _ExactProduct, correctly_rounded_dots
 
 KS = (1, 2, 5, 10, 50)
 
@@ -24,15 +25,25 @@ KS = (1, 2, 5, 10, 50)
 # slow reference: Python loops over each ranking, from the definition
 
 
-def reference(queries, query_labels, gallery, gallery_labels, ks=KS):
-    """Per-query AP, AP@R and P@k; ranking = descending float64 cosine, ties by gallery index."""
+def exact_score(x, y):
+    """The float64 nearest to the exact inner product of two float64 rows (rational arithmetic)."""
+    return float(sum((Fraction(a) * Fraction(b) for a, b in zip(x.tolist(), y.tolist(), strict=True)), Fraction(0)))
+
+
+def reference(queries, query_labels, gallery, gallery_labels, ks=KS, exact=False):
+    """Per-query AP, AP@R and P@k; ranking = descending float64 cosine, ties by gallery index.
+
+    With ``exact``, the score of a pair is the correctly rounded exact inner product of the
+    normalised rows (the module's definition, to the last bit); otherwise one BLAS dot per pair.
+    """
     q = np.asarray(queries, dtype=np.float64)
     g = np.asarray(gallery, dtype=np.float64)
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     g = g / np.linalg.norm(g, axis=1, keepdims=True)
     ap, ap_r, prec = [], [], {k: [] for k in ks}
+    score = exact_score if exact else (lambda a, b: float(np.dot(a, b)))
     for i in range(len(q)):
-        scores = [float(np.dot(q[i], g[j])) for j in range(len(g))]
+        scores = [score(q[i], g[j]) for j in range(len(g))]
         order = sorted(range(len(g)), key=lambda j: (-scores[j], j))
         relevant = [gallery_labels[j] == query_labels[i] for j in order]
         n_rel = sum(relevant)
@@ -137,6 +148,115 @@ def test_chunking_does_not_change_results():
         np.testing.assert_array_equal(other.ap, base.ap)
         assert other.precision_at == base.precision_at
         assert other.map_at_r == base.map_at_r
+
+
+# ---------------------------------------------------------------------------------------------
+# exact ties: bit-for-bit independent of chunk_size and n_workers
+
+
+def tie_heavy(kind, seed, n=64, m=72):
+    """Integer-valued embeddings with many exactly tied (and 1-ulp-apart) scores, and their labels."""
+    rng = np.random.default_rng(seed)
+    ql, gl = rng.integers(0, 3, size=n), rng.integers(0, 3, size=m)
+    if kind == "int-few-values":  # entries in {-1, 0, 1, 2}; about half the gallery duplicated
+        q = rng.integers(-1, 3, size=(n, 8)).astype(float)
+        g = rng.integers(-1, 3, size=(m, 8)).astype(float)
+        g[m // 2 :] = g[rng.integers(0, m // 2, size=m - m // 2)]
+    elif kind == "few-distinct-rows":  # 5 distinct integer rows (x1, x2 or x4) for everything
+        pool = rng.integers(-3, 4, size=(5, 6)).astype(float)
+        q = pool[rng.integers(0, 5, size=n)] * rng.choice([1.0, 2.0, 4.0], size=(n, 1))
+        g = pool[rng.integers(0, 5, size=m)] * rng.choice([1.0, 2.0, 4.0], size=(m, 1))
+    elif kind == "permutations":  # rows are permutations of one integer vector: symmetric queries tie
+        base = np.array([3.0, 1.0, 1.0, 2.0, 0.0, 5.0, 1.0, 2.0])
+        q = np.stack([rng.permutation(base) for _ in range(n)])
+        q[: n // 2] = np.round(q[: n // 2] / 2.0)  # some queries with repeated entries
+        g = np.stack([rng.permutation(base) for _ in range(m)])
+    elif kind == "gauss-duplicates":  # real-valued rows, half the gallery exact copies (some x2)
+        q, g = rng.standard_normal((n, 12)), rng.standard_normal((m, 12))
+        g[m // 2 :] = g[rng.integers(0, m // 2, size=m - m // 2)] * rng.choice([1.0, 2.0], size=(m - m // 2, 1))
+        q[: n // 4] = g[: n // 4]  # queries identical to gallery items
+    elif kind == "wide-int":  # d = 96: more room for GEMM rounding to differ between shapes
+        q = rng.integers(0, 3, size=(n, 96)).astype(float)
+        g = rng.integers(0, 3, size=(m, 96)).astype(float)
+        g[m // 2 :] = g[: m - m // 2]
+    else:
+        raise ValueError(kind)
+    q[np.all(q == 0, axis=1), 0] = 1.0
+    g[np.all(g == 0, axis=1), 0] = 1.0
+    return q, ql, g, gl
+
+
+TIE_KINDS = ["int-few-values", "few-distinct-rows", "permutations", "gauss-duplicates", "wide-int"]
+
+
+@pytest.mark.parametrize("kind", TIE_KINDS)
+def test_exact_ties_do_not_depend_on_chunking_or_threads(kind):
+    q, ql, g, gl = tie_heavy(kind, seed=11)
+    n = len(q)
+    ap, ap_r, prec = reference(q, ql, g, gl, exact=True)
+    for chunk_size in (1, 7, None, n + 5):
+        for n_workers in (1, 2):
+            got = retrieval_metrics(q, ql, g, gl, ks=KS, chunk_size=chunk_size, n_workers=n_workers)
+            where = f"chunk_size={chunk_size} n_workers={n_workers}"
+            assert got.map == float(ap.mean()), where
+            np.testing.assert_array_equal(got.ap, ap, err_msg=where)
+            np.testing.assert_array_equal(got.ap_at_r, ap_r, err_msg=where)
+            assert got.map_at_r == float(ap_r.mean()), where
+            assert got.precision_at == pytest.approx(prec, abs=1e-15), where
+    # the same through the two-direction report, whose chunking is shared
+    k = min(len(q), len(g))
+    reports = [
+        cross_modal_report(q[:k], g[:k], gl[:k], chunk_size=c, n_workers=w)
+        for c, w in [(1, 1), (7, 2), (None, 2), (10_000, 1)]
+    ]
+    assert len({(r.audio_to_visual.map, r.visual_to_audio.map) for r in reports}) == 1
+
+
+def test_ties_are_exact_for_duplicates_and_permutations():
+    # duplicated gallery rows, and rows that are permutations of each other against a symmetric
+    # query, tie exactly (ranked by gallery index) whatever the GEMM shape would round them to
+    base = np.array([1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 7.0])
+    rng = np.random.default_rng(2)
+    gallery = np.stack([np.r_[rng.permutation(base[:6]), base[6]] for _ in range(40)])
+    query = np.array([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.3]])  # same score for every gallery row
+    labels = rng.integers(0, 2, size=40)
+    for chunk_size, n_workers in [(1, 1), (None, 2)]:
+        got = retrieval_metrics(query, [1], gallery, labels, chunk_size=chunk_size, n_workers=n_workers)
+        hits = np.flatnonzero(labels == 1) + 1.0  # every score tied: gallery order
+        assert got.ap[0] == float(np.sum(np.arange(1, hits.size + 1) / hits) / hits.size)
+
+
+def test_exact_row_scores_are_correctly_rounded():
+    # the sliced-GEMM scores used to re-rank tied rows, on rows needing 1 to 5 slices and a rest
+    rng = np.random.default_rng(9)
+    g = np.concatenate([rng.standard_normal((12, 10)), rng.integers(-2, 3, size=(12, 10)).astype(float)])
+    g[3, 4] = 1e-25  # far below the row's maximum: not captured by the slices (a rest)
+    g[5] = g[4] * 3.0
+    q = np.concatenate([rng.standard_normal((6, 10)), rng.integers(-1, 2, size=(6, 10)).astype(float), g[10:14]])
+    q[0, :5], q[0, 5:] = g[0, 5:], -g[0, :5]  # orthogonal to g[0]: cancellation to ~0
+    q[q.sum(axis=1) == 0, 0] += 1.0
+    g[np.abs(g).sum(axis=1) == 0, 0] = 1.0
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    got = _ExactProduct(g).scores(q)
+    want = np.array([[exact_score(a, b) for b in g] for a in q])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_correctly_rounded_dots_match_rational_arithmetic():
+    rng = np.random.default_rng(8)
+    rows = [rng.standard_normal((200, 16)), rng.integers(-2, 3, size=(200, 16)).astype(float)]
+    x, y = (np.concatenate([r[i::2] for r in rows]) for i in (0, 1))
+    y[:20] = -x[:20]  # exact cancellation to -1
+    y[20:40, :8], y[20:40, 8:] = x[20:40, 8:], -x[20:40, :8]  # cancellation towards 0
+    x[40:45, 3] = 1e-300  # products that underflow
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    got = correctly_rounded_dots(x, y)
+    want = np.array([exact_score(a, b) for a, b in zip(x, y, strict=True)])
+    np.testing.assert_array_equal(got, want)
+    # independent of batching: scored one at a time, the same bits
+    np.testing.assert_array_equal([correctly_rounded_dots(x[i : i + 1], y[i : i + 1])[0] for i in range(5)], got[:5])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,13 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from avret.errors import DataError
+from avret.io import read_run
+from avret.sentiment.teacher_scores import teacher_scores_from_videoadviser
 from avret.sentiment.tiny import make_tiny_roberta
 from tests.test_sentiment_student import FILL, NEG, POS, tiny_examples
 
 torch.set_num_threads(2)
-pytest.importorskip("avret.distill.step1")
-
-from avret.sentiment.teacher_scores import teacher_scores_from_videoadviser  # noqa: E402
 
 
 def test_out_of_fold_scores_cover_every_row_and_record_the_input() -> None:
@@ -27,11 +26,12 @@ def test_out_of_fold_scores_cover_every_row_and_record_the_input() -> None:
     # an embedding that carries the label, so the teacher has something to learn
     emb = rng.normal(size=(30, 12)).astype(np.float32)
     emb[:, 0] = [e.label for e in ex]
-    scores, info = teacher_scores_from_videoadviser(ex, embeddings=emb, k_folds=3, epochs=2, batch_size=8)
+    scores, info = teacher_scores_from_videoadviser(ex, embeddings=emb, k_folds=3, epochs=2, batch_size=8,
+                                                    device="cpu")
     assert set(scores) == {e.id for e in ex}
     assert all(np.isfinite(v) for v in scores.values())
     assert info["teacher_input"] == "text" and "single frame" in info["teacher_input_detail"]
-    assert info["clip_weights"] == "random-init"
+    assert info["clip_weights"] == "random-init" and info["device"] == "cpu"
     assert len(info["folds"]) == 3 and sum(f["n_scored"] for f in info["folds"]) == 18
     assert {"train_oof", "dev", "test"} <= set(info["metrics"])
     json.dumps(info)  # provenance is JSON-serialisable
@@ -54,10 +54,13 @@ def test_cli_distill_videoadviser(tmp_path: Path) -> None:
     run = tmp_path / "run"
     res = CliRunner().invoke(app, ["train", "--data", str(data), "--encoder", str(enc), "--epochs", "1",
                                    "--batch-size", "8", "--distill", "videoadviser", "--teacher-folds", "2",
-                                   "--teacher-epochs", "1", "--out", str(run)])
+                                   "--teacher-epochs", "1", "--device", "cpu", "--out", str(run)])
     assert res.exit_code == 0, res.output
-    teacher = json.loads((run / "training.json").read_text())["teacher"]
+    doc = read_run(run)
+    assert doc["device"] == "cpu" and doc["method"] == "distill"
+    teacher = doc["teacher"]
     assert teacher["source"] == "videoadviser" and teacher["teacher_input"] == "text"
     assert "MiniLM" in teacher["teacher_input_detail"] and teacher["alpha"] == 0.5
+    assert teacher["device"] == "cpu"
     rows = list(csv.DictReader(open(run / "teacher_scores.csv")))
     assert len(rows) == 24

@@ -11,24 +11,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avret.distill.clip_loading import RANDOM_INIT, load_clip, load_clip_tokenizer
 from avret.distill.prompts import ClipTextEncoder
-from avret.distill.step1 import (
+from avret.distill.step1 import RelevanceHead, bhattacharyya_relevance, fit_relevance_head
+from avret.distill.teacher import TeacherConfig, VideoAdviserTeacher, train_teacher
+from avret.distill.video_encoder import VideoEncoder
+from avret.errors import ModelError
+from avret.losses.relevance import relevance_loss, same_class_targets
+from avret.models.clip import RANDOM_INIT, load_clip, load_clip_tokenizer
+from avret.sentiment.teacher import (
     SENTIMENT_CLASS_NAMES,
-    RelevanceHead,
     SentimentRegressionHead,
     SentimentTeacher,
-    bhattacharyya_relevance,
-    fit_relevance_head,
-    relevance_loss,
-    same_class_targets,
     sentiment_loss,
     text_as_frames,
     train_sentiment_teacher,
 )
-from avret.distill.teacher import TeacherConfig, VideoAdviserTeacher, train_teacher
-from avret.distill.video_encoder import VideoEncoder
-from avret.errors import ModelError
 from tests.fixtures_clip import make_class_frames, make_tiny_clip
 
 CLASSES = ["dog barking", "baby crying", "chainsaw", "fireworks"]
@@ -176,9 +173,8 @@ def test_save_load_round_trip_and_checkpoint_errors(tiny, clip, tmp_path):
     frames, audio = torch.randn(5, 4, 24), torch.randn(5, 6)
     out = teacher.save_pretrained(tmp_path / "t")
     doc = json.loads((out / "config.json").read_text())
-    assert (
-        doc["metadata"]["clip_weights"] == tiny[1] and len(doc["config"]["teacher"]["clip_fingerprint"]) == 64
-    )
+    assert doc["model_type"] == "videoadviser-teacher" and doc["format_version"] == 1
+    assert doc["clip_weights"] == tiny[1] and len(doc["clip_fingerprint"]) == 64
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(out / "model.safetensors")
@@ -187,7 +183,7 @@ def test_save_load_round_trip_and_checkpoint_errors(tiny, clip, tmp_path):
     with torch.no_grad():
         assert torch.equal(teacher.eval()(frames, audio=audio), again(frames, audio=audio))
 
-    with pytest.raises(ModelError, match="does not exist"):
+    with pytest.raises(ModelError, match="model directory not found"):
         VideoAdviserTeacher.from_pretrained(tmp_path / "missing")
     other = make_tiny_clip(tmp_path, seed=1, filename="other.pt")
     with pytest.raises(ModelError, match="fingerprint"):
@@ -197,7 +193,7 @@ def test_save_load_round_trip_and_checkpoint_errors(tiny, clip, tmp_path):
     with pytest.raises(ModelError, match=r"'prompt_learner\.ctx' has shape \(2, 32\), expected \(4, 32\)"):
         VideoAdviserTeacher.from_pretrained(out)
     (out / "model.safetensors").unlink()
-    with pytest.raises(ModelError, match=r"model\.safetensors does not exist"):
+    with pytest.raises(ModelError, match=r"model\.safetensors: file not found"):
         VideoAdviserTeacher.from_pretrained(out)
 
 
@@ -337,7 +333,7 @@ def test_sentiment_teacher_video_and_text_inputs(tiny, clip, tmp_path):
     first = hist["epochs"][0]["val_mae"]
     assert hist["best"]["val_mae"] < first and hist["best"]["val_mae"] < 1.5
     out = model.save_pretrained(tmp_path / "s")
-    assert json.loads(Path(out / "config.json").read_text())["metadata"]["teacher_input"] == "text"
+    assert json.loads(Path(out / "config.json").read_text())["teacher_input"] == "text"
     again = SentimentTeacher.from_pretrained(out)
     assert torch.equal(model.predict(frames, mask), again.predict(frames, mask))
     assert model.predict(frames[:3], mask[:3]).shape == (3,)

@@ -1,83 +1,47 @@
-"""The registry of distillation methods: one flag (``--method``) picks how towers are taught.
+"""The distillation methods: one flag (``--method``) picks how the towers are taught.
 
-Every method is built from the same inputs — the teacher's outputs on the training clips — and
-returns an :class:`~avret.models.train.AuxiliaryLoss` (or ``None``) that the tower trainer adds
-to the towers' retrieval objective. A new method registers a builder here.
+Every method is a *builder*: it receives a :class:`~avret.distill.context.MethodContext` (the
+training data, the VideoAdviser teacher's outputs for the methods in :data:`NEEDS_TEACHER`, the
+towers' embedding width, the options and the device) and returns an
+:class:`~avret.train.towers.AuxiliaryLoss` (or ``None``) that the tower trainer adds to the
+towers' retrieval objective. The list is explicit (:data:`METHODS`); a new method is one builder
+and one line of that table. The loss terms themselves live in :mod:`avret.losses`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from avret.data.dataset import AVDataset
-from avret.distill.step1 import RelevanceHead, bhattacharyya_relevance
-from avret.distill.step2 import LogitKDLoss, PairwiseRelevanceLoss, PerClipRegressionLoss
+from avret.distill.context import MethodContext
+from avret.distill.mikd import build_mikd
+from avret.distill.msd import build_msd
+from avret.distill.step1 import bhattacharyya_relevance
 from avret.errors import AvretError
-from avret.models.train import AuxiliaryLoss
-
-
-@dataclass
-class TeacherOutputs:
-    """What the teacher hands over for the training clips (rows of ``dataset.subset('train')``)."""
-
-    logits: torch.Tensor  # (N_train, C) class logits
-    posteriors: torch.Tensor  # (N_train, C)
-    relevance_head: RelevanceHead  # step 1, fitted and frozen
-
-
-@dataclass
-class MethodContext:
-    """Everything a method builder may use: the training data, the VideoAdviser teacher's outputs
-    (for methods registered with ``needs_teacher=True``), the towers' embedding width and options."""
-
-    train: AVDataset  # dataset.subset("train"); Batch.rows index it
-    val: AVDataset
-    teacher: TeacherOutputs | None
-    embed_dim: int
-    seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-
+from avret.losses.kd import LogitKDLoss
+from avret.losses.relevance import PairwiseRelevanceLoss, PerClipRegressionLoss
+from avret.train.towers import AuxiliaryLoss
 
 # Default weight of the step-2 term, chosen on vegas-synth *validation* mAP (docs/videoadviser.md).
 VIDEOADVISER_WEIGHT = 20.0
 
 Builder = Callable[[MethodContext], AuxiliaryLoss | None]
-METHODS: dict[str, Builder] = {}
-NEEDS_TEACHER: set[str] = set()
 
 
-def register(name: str, needs_teacher: bool = True) -> Callable[[Builder], Builder]:
-    """Register a method builder under ``name``."""
-
-    def deco(fn: Builder) -> Builder:
-        METHODS[name] = fn
-        if needs_teacher:
-            NEEDS_TEACHER.add(name)
-        return fn
-
-    return deco
-
-
-@register("none", needs_teacher=False)
-def _none(ctx: MethodContext) -> None:
+def build_none(ctx: MethodContext) -> None:
     """No distillation: the towers' own retrieval objective only."""
     return None
 
 
-@register("kd")
-def _kd(ctx: MethodContext) -> AuxiliaryLoss:
+def build_kd(ctx: MethodContext) -> LogitKDLoss:
     """Hinton logit KD through training-only classifier heads on both towers."""
     assert ctx.teacher is not None
     opts = ctx.options
     return LogitKDLoss(ctx.teacher.logits, ctx.embed_dim, opts.get("kd_temperature", 4.0), opts.get("weight", 1.0))
 
 
-@register("videoadviser")
-def _videoadviser(ctx: MethodContext) -> AuxiliaryLoss:
+def build_videoadviser(ctx: MethodContext) -> PairwiseRelevanceLoss | PerClipRegressionLoss:
     """VideoAdviser step 2: regress the teacher's step-1 relevance (pairwise or per clip)."""
     teacher, embed_dim = ctx.teacher, ctx.embed_dim
     assert teacher is not None
@@ -85,15 +49,28 @@ def _videoadviser(ctx: MethodContext) -> AuxiliaryLoss:
     weight = ctx.options.get("weight", VIDEOADVISER_WEIGHT)
     target = ctx.options.get("student_target", "pairwise")
     if target == "pairwise":
-        return PairwiseRelevanceLoss(teacher.posteriors, head.relevance_matrix, weight,
+        # the frozen head is held as a submodule, so it follows the loss to the towers' device
+        return PairwiseRelevanceLoss(teacher.posteriors, head, weight,
                                      balanced=ctx.options.get("balanced", True),
                                      loss=ctx.options.get("relevance_loss", "bce"))
     if target == "per-clip":
-        n_cls = teacher.posteriors.shape[1]
+        post = teacher.posteriors
         with torch.no_grad():
-            per_class = bhattacharyya_relevance(teacher.posteriors, torch.eye(n_cls), head.tau)
+            per_class = bhattacharyya_relevance(post, torch.eye(post.shape[1], device=post.device), head.tau)
         return PerClipRegressionLoss(per_class, embed_dim, weight)
     raise AvretError(f"--student-target '{target}': expected 'pairwise' or 'per-clip'")
+
+
+# --method name -> builder. Explicit: importing a module registers nothing.
+METHODS: dict[str, Builder] = {
+    "none": build_none,
+    "kd": build_kd,
+    "videoadviser": build_videoadviser,
+    "msd": build_msd,  # trains its own multimodal teacher
+    "mi-kd": build_mikd,  # trains its own multimodal teacher jointly with the towers
+}
+# The methods that need the VideoAdviser teacher (trained, with step 1, before the towers).
+NEEDS_TEACHER: frozenset[str] = frozenset({"kd", "videoadviser"})
 
 
 def build_method(name: str, ctx: MethodContext) -> AuxiliaryLoss | None:
@@ -101,6 +78,3 @@ def build_method(name: str, ctx: MethodContext) -> AuxiliaryLoss | None:
     if name not in METHODS:
         raise AvretError(f"--method '{name}': expected one of {sorted(METHODS)}")
     return METHODS[name](ctx)
-
-
-from avret.distill import mikd, msd  # noqa: E402,F401  (registers msd and mi-kd)

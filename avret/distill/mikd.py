@@ -37,7 +37,11 @@ Objective added to the towers' own task loss (λ = ``mi_weights``, default ``(0.
     ``Adv_m = BCE(D(t̂, s), 1) + BCE(D(t, s), 0)``; its gradient updates the towers, the
     predictors and the teacher through the trainer's optimiser.
 
-All of this is training-only: the deployed towers have the same parameters and inference cost as
+The InfoNCE critics and the adversarial terms live in :mod:`avret.losses.mi`; this module holds
+the method (teacher, auxiliary model, predictors, discriminators and their phases, the builder).
+Every tensor is created on the device of its inputs and the discriminators' optimiser refers to
+their parameters, whose identity ``Module.to`` keeps, so the loss runs wherever the tower trainer
+moves it. All of this is training-only: the deployed towers have the same parameters and inference cost as
 ``--method none``. The estimators' values are logged in the training history (``mi_ts_bound``,
 ``mi_ta_bound`` in nats, ``mi_adv``, ``mi_disc``, ``mi_teacher_ce``, ``mi_teacher_acc``).
 """
@@ -53,12 +57,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from avret.distill.methods import MethodContext, register
-from avret.distill.multimodal_teacher import build_teacher, dataset_inputs
+from avret.distill.context import MethodContext
+from avret.distill.multimodal_teacher import FUSIONS, STUDENT_MODALITIES, build_teacher, dataset_inputs
 from avret.errors import AvretError
-from avret.models.train import Batch
+from avret.losses.mi import InfoNCECritic, discriminator_loss, generator_loss
+from avret.train.towers import Batch
 
-STUDENT_MODALITIES = ("audio", "visual")
 MIKD_DEFAULTS: dict[str, Any] = {
     "mi_weights": [0.5, 0.5, 0.1],
     "mi_teacher_ce": 1.0,
@@ -70,32 +74,8 @@ MIKD_DEFAULTS: dict[str, Any] = {
 }
 
 
-def info_nce(x: torch.Tensor, y: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
-    """Symmetric InfoNCE loss of paired rows: mean of CE(x·yᵀ/τ, diag) and CE(y·xᵀ/τ, diag).
-
-    ``x``, ``y`` are ``(B, D)`` (normalised by the caller); ``log B − loss`` lower-bounds the MI.
-    """
-    logits = x @ y.T / temperature
-    target = torch.arange(len(x), device=x.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-
-
-class InfoNCECritic(nn.Module):
-    """Learnable bilinear critic ``<ĝ(x), ĥ(y)>/τ`` (normalised projections, learnable τ)."""
-
-    def __init__(self, dim_x: int, dim_y: int, proj_dim: int = 64, temperature: float = 0.1) -> None:
-        super().__init__()
-        self.proj_x = nn.Linear(dim_x, proj_dim)
-        self.proj_y = nn.Linear(dim_y, proj_dim)
-        self.log_temp = nn.Parameter(torch.tensor(math.log(temperature)))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The InfoNCE loss of the pairs ``(x_i, y_i)``."""
-        tau = self.log_temp.exp().clamp(0.01, 1.0)
-        return info_nce(F.normalize(self.proj_x(x), dim=-1), F.normalize(self.proj_y(y), dim=-1), tau)
-
-
-def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    """``Linear → GELU → Linear``: the predictors', discriminators' and view encoder's network."""
     return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
 
 
@@ -106,7 +86,7 @@ class ViewEncoder(nn.Module):
         super().__init__()
         self.register_buffer("mean", view.mean(0))
         self.register_buffer("std", view.std(0).clamp_min(1e-4))
-        self.mlp = _mlp(view.shape[1], hidden, hidden)
+        self.mlp = mlp(view.shape[1], hidden, hidden)
 
     def forward(self, view: torch.Tensor) -> torch.Tensor:
         return self.mlp((view - self.mean) / self.std)
@@ -116,7 +96,7 @@ class MIKDLoss(nn.Module):
     """The mi-kd auxiliary loss (see the module docstring).
 
     ``teacher`` is a :class:`~avret.distill.multimodal_teacher.MultimodalTeacher`; ``view`` the
-    ``(N_train, Dt)`` pooled teacher view of the training clips (indexed by ``Batch.rows``).
+    ``(N_train, Dt)`` pooled teacher view of the training clips (a buffer, indexed by ``Batch.rows``).
     """
 
     def __init__(self, teacher: nn.Module, view: torch.Tensor, embed_dim: int, weights: tuple[float, float, float],
@@ -130,8 +110,8 @@ class MIKDLoss(nn.Module):
         self.critics = nn.ModuleDict({m: InfoNCECritic(t_dim, embed_dim, proj_dim, temperature)
                                       for m in STUDENT_MODALITIES})
         self.aux_critic = InfoNCECritic(t_dim, hidden, proj_dim, temperature)
-        self.predictors = nn.ModuleDict({m: _mlp(embed_dim, hidden, t_dim) for m in STUDENT_MODALITIES})
-        self.discriminators = nn.ModuleDict({m: _mlp(t_dim + embed_dim, hidden, 1) for m in STUDENT_MODALITIES})
+        self.predictors = nn.ModuleDict({m: mlp(embed_dim, hidden, t_dim) for m in STUDENT_MODALITIES})
+        self.discriminators = nn.ModuleDict({m: mlp(t_dim + embed_dim, hidden, 1) for m in STUDENT_MODALITIES})
         self.discriminators.requires_grad_(False)
         self.disc_opt = torch.optim.Adam(self.discriminators.parameters(), lr=disc_lr, betas=(0.5, 0.999))
         self.lambdas = tuple(float(x) for x in weights)
@@ -158,13 +138,8 @@ class MIKDLoss(nn.Module):
         self.discriminators.requires_grad_(True)
         try:
             with torch.enable_grad():
-                loss = torch.zeros(())
-                for m, d in self.discriminators.items():
-                    s, t_hat = students[m].detach(), predicted[m].detach()
-                    real, fake = d(torch.cat([t, s], -1)), d(torch.cat([t_hat, s], -1))
-                    loss = loss + F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) \
-                        + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
-                loss = loss / len(self.discriminators)
+                loss = sum(discriminator_loss(d, t, predicted[m].detach(), students[m].detach())
+                           for m, d in self.discriminators.items()) / len(self.discriminators)
                 self.disc_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.disc_opt.step()
@@ -184,12 +159,8 @@ class MIKDLoss(nn.Module):
         predicted = {m: self.predictors[m](students[m]) for m in STUDENT_MODALITIES}
         disc = self.discriminator_step(t, students, predicted)  # phase 1: discriminators only
         # phase 2 (generator side): discriminators frozen, flipped labels.
-        adv = torch.zeros(())
-        for m, d in self.discriminators.items():
-            real, fake = d(torch.cat([t, students[m]], -1)), d(torch.cat([predicted[m], students[m]], -1))
-            adv = adv + 0.5 * (F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
-                               + F.binary_cross_entropy_with_logits(real, torch.zeros_like(real)))
-        adv = adv / len(self.discriminators)
+        adv = sum(generator_loss(d, t, predicted[m], students[m])
+                  for m, d in self.discriminators.items()) / len(self.discriminators)
         nce_ts = sum(self.critics[m](t, students[m]) for m in STUDENT_MODALITIES) / len(STUDENT_MODALITIES)
         nce_ta = self.aux_critic(t, u)
         l1, l2, l3 = self.lambdas
@@ -197,7 +168,7 @@ class MIKDLoss(nn.Module):
         log_b = math.log(len(batch.rows))
         logs = {"mi_ts_bound": log_b - nce_ts.item(), "mi_ta_bound": log_b - nce_ta.item(), "mi_adv": adv.item(),
                 "mi_disc": disc, "mi_teacher_ce": ce.item(),
-                "mi_teacher_acc": float((logits.argmax(1) == batch.labels).float().mean())}
+                "mi_teacher_acc": (logits.argmax(1) == batch.labels).float().mean().item()}
         return loss, logs
 
 
@@ -213,12 +184,15 @@ def parse_weights(value: Any) -> tuple[float, float, float]:
     return out  # type: ignore[return-value]
 
 
-@register("mi-kd", needs_teacher=False)
 def build_mikd(ctx: MethodContext) -> MIKDLoss:
-    """A fresh multimodal teacher, view encoder, critics and discriminators for :class:`MIKDLoss`."""
+    """A fresh multimodal teacher, view encoder, critics and discriminators for :class:`MIKDLoss`.
+
+    Nothing is trained before the towers (the teacher learns jointly with them), so ``ctx.device``
+    is not needed here: the tower trainer moves the returned loss to the towers' device.
+    """
     opts = {**MIKD_DEFAULTS, **ctx.options}
     weights = parse_weights(opts["mi_weights"])
-    if opts["mi_fusion"] not in ("sum", "concat"):
+    if opts["mi_fusion"] not in FUSIONS:
         raise AvretError(f"--mi-fusion '{opts['mi_fusion']}': expected 'sum' or 'concat'")
     torch.manual_seed(ctx.seed)
     hidden = int(opts["mi_hidden"])

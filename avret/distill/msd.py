@@ -8,8 +8,9 @@ modality is. Here:
   audio + visual + mean-pooled teacher view, each projected then fused (``msd_fusion``: ``sum``
   or ``concat``), with a learned *missing token* per modality replacing a removed modality's
   projection. It is trained first on the train split (cross-entropy, modality dropout 0.3 so
-  the tokens are learned; ``msd_teacher_epochs`` at most, early stopping on val cross-entropy),
-  then frozen; its posteriors on the training clips are computed once.
+  the tokens are learned; ``msd_teacher_epochs`` at most, early stopping on val cross-entropy;
+  by the one loop, :func:`avret.train.loop.fit`, on ``MethodContext.device``), then frozen; its
+  posteriors on the training clips are computed once.
 * **Student** = the towers, read out by two training-only linear classifier heads on the
   L2-normalised embeddings: audio-only student ``z_a = head_a(audio_emb)``, visual-only student
   ``z_v = head_v(visual_emb)``, full student ``(z_a + z_v) / 2`` (mean of the two heads' logits).
@@ -31,7 +32,7 @@ modality is. Here:
   - ``instance``: ``s_im / Σ_m s_im`` per clip (uniform where both saliencies are ~0);
   - ``learned``: ``w = softmax(α)``, α meta-learned online on the validation split by a
     one-step look-ahead (learning-to-reweight, Ren et al. 2018) on a *proxy student*: the
-    tower trainer's :class:`~avret.models.train.AuxiliaryLoss` only sees embeddings, so the
+    tower trainer's :class:`~avret.train.towers.AuxiliaryLoss` only sees embeddings, so the
     towers themselves cannot take a virtual step or embed validation clips. The proxy is a pair
     of linear heads on the standardised raw audio/visual features, trained alongside the towers
     with the same MSD loss (full-student KD + weighted per-modality KD). Each training step:
@@ -43,7 +44,9 @@ modality is. Here:
     linear maps on a batch plus one on a validation batch — small next to the towers.
 
 The teacher, the heads and the proxy are training-only: the deployed towers are unchanged, so
-inference cost is the same as ``--method none``. Settings come from ``MethodContext.options``
+inference cost is the same as ``--method none``. The loss terms (KD, saliency, weights) live in
+:mod:`avret.losses.msd`; this module holds the method: the teacher, the meta-learner and the
+builder. Settings come from ``MethodContext.options``
 (defaults in :data:`MSD_DEFAULTS`); the teacher's validation accuracy and the weights in use are
 logged in the training history (``msd_teacher_val_acc``, ``msd_w_audio``, ``msd_w_visual``).
 """
@@ -57,19 +60,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from avret.distill.methods import MethodContext, register
+from avret.distill.context import MethodContext
 from avret.distill.multimodal_teacher import (
+    FUSIONS,
     MODALITIES,
+    STUDENT_MODALITIES,
     MultimodalTeacher,
     build_teacher,
     dataset_inputs,
     train_multimodal_teacher,
 )
 from avret.errors import AvretError
-from avret.models.train import Batch
+from avret.losses.msd import WEIGHTINGS, modality_weights, msd_kd_terms, saliency_from_logits
+from avret.train.towers import Batch
 
-STUDENT_MODALITIES = ("audio", "visual")
-WEIGHTINGS = ("uniform", "population", "instance", "learned")
 MSD_DEFAULTS: dict[str, Any] = {
     "msd_weighting": "instance",
     "msd_fusion": "sum",
@@ -80,26 +84,13 @@ MSD_DEFAULTS: dict[str, Any] = {
 }
 
 
-def kd_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T² · KL(softmax(teacher/T) || softmax(student/T))`` for each row, shape ``(N,)``."""
-    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
-    p_t = F.softmax(teacher_logits / temperature, dim=-1)
-    return F.kl_div(log_p_s, p_t, reduction="none").sum(-1) * temperature**2
-
-
-def saliency_from_logits(full_logits: torch.Tensor, without_logits: torch.Tensor) -> torch.Tensor:
-    """``KL(p_full || p_without_m)`` per clip and modality: ``(N, C)`` and ``(N, M, C)`` → ``(N, M)``."""
-    log_p = F.log_softmax(full_logits, dim=-1)[:, None, :]
-    log_q = F.log_softmax(without_logits, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)
-
-
 def teacher_views(teacher: MultimodalTeacher, inputs: dict[str, torch.Tensor],
                   modalities: tuple[str, ...] = STUDENT_MODALITIES) -> dict[str, torch.Tensor]:
     """The frozen teacher's logits on ``inputs``: ``full`` (N, C), ``only`` and ``without`` (N, M, C).
 
     ``only[:, j]`` keeps modality ``modalities[j]`` alone (every other modality, teacher view
     included, replaced by its missing token); ``without[:, j]`` removes just that modality.
+    The logits are on the teacher's device.
     """
     full = teacher.predict_logits(inputs)
     only = torch.stack([teacher.predict_logits(inputs, present=(m,)) for m in modalities], dim=1)
@@ -110,36 +101,18 @@ def teacher_views(teacher: MultimodalTeacher, inputs: dict[str, torch.Tensor],
 
 def modality_saliency(teacher: MultimodalTeacher, inputs: dict[str, torch.Tensor],
                       modalities: tuple[str, ...] = STUDENT_MODALITIES) -> torch.Tensor:
-    """Saliency ``(N, M)`` of each modality for each clip (see the module docstring)."""
+    """Saliency ``(N, M)`` of each modality for each clip (see :func:`avret.losses.msd.saliency_from_logits`)."""
     views = teacher_views(teacher, inputs, modalities)
     return saliency_from_logits(views["full"], views["without"])
-
-
-def modality_weights(scheme: str, saliency: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Per-clip weights ``(N, M)`` of the per-modality KD terms, each row summing to 1.
-
-    ``uniform``: ``1/M``; ``population``: mean saliency over the clips, normalised over
-    modalities; ``instance``: each clip's saliency normalised over modalities. Rows whose
-    saliencies are all ~0 get uniform weights (``eps`` smoothing).
-    """
-    n, m = saliency.shape
-    if scheme == "uniform":
-        return torch.full((n, m), 1.0 / m)
-    if scheme == "population":
-        s = saliency.mean(0, keepdim=True).expand(n, m)
-    elif scheme == "instance":
-        s = saliency
-    else:
-        raise AvretError(f"msd weighting '{scheme}': expected one of {list(WEIGHTINGS)}")
-    s = s.clamp_min(0.0) + eps
-    return (s / s.sum(1, keepdim=True)).contiguous()
 
 
 class MetaWeightLearner(nn.Module):
     """``learned`` weighting: ``softmax(α)`` meta-learned on validation through a linear proxy student.
 
     See the module docstring for the procedure. ``α`` and the proxy have their own optimisers;
-    they are not returned to the tower trainer.
+    they are not returned to the tower trainer. The validation clips and the standardisation are
+    buffers, so the learner follows the tower trainer's ``.to(device)``; ``Module.to`` keeps the
+    identity of ``α`` and of the proxy's parameters, so both optimisers stay valid after the move.
     """
 
     def __init__(self, train_audio: torch.Tensor, train_visual: torch.Tensor, val_audio: torch.Tensor,
@@ -160,48 +133,42 @@ class MetaWeightLearner(nn.Module):
                                     "visual": nn.Linear(train_visual.shape[1], num_classes)})
         self.alpha_opt = torch.optim.Adam([self.alpha], lr=meta_lr)
         self.proxy_opt = torch.optim.SGD(self.proxy.parameters(), lr=inner_lr)
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)  # validation mini-batches (CPU: the same on every device)
 
     def weights(self) -> torch.Tensor:
         """The current weights ``softmax(α)`` (M,), detached."""
         return torch.softmax(self.alpha, 0).detach()
 
-    def _standardise(self, audio: torch.Tensor, visual: torch.Tensor) -> dict[str, torch.Tensor]:
+    def standardise(self, audio: torch.Tensor, visual: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw features → the proxy's standardised inputs (training-split statistics)."""
         return {"audio": (audio - self.audio_mean) / self.audio_std,
                 "visual": (visual - self.visual_mean) / self.visual_std}
 
-    def _proxy_logits(self, params: dict[str, torch.Tensor], x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        z = {m: F.linear(x[m], params[f"{m}.weight"], params[f"{m}.bias"]) for m in STUDENT_MODALITIES}
-        z["full"] = 0.5 * (z["audio"] + z["visual"])
-        return z
-
-    def _train_loss(self, params: dict[str, torch.Tensor], x: dict[str, torch.Tensor], t_full: torch.Tensor,
-                    t_only: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        z = self._proxy_logits(params, x)
-        loss = kd_per_sample(z["full"], t_full, self.temperature).mean()
-        for j, m in enumerate(STUDENT_MODALITIES):
-            loss = loss + w[j] * kd_per_sample(z[m], t_only[:, j], self.temperature).mean()
-        return loss
+    def proxy_logits(self, params: dict[str, torch.Tensor], x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(N, M, C)`` logits of each single-modality proxy head under ``params`` (functional, for the look-ahead)."""
+        return torch.stack([F.linear(x[m], params[f"{m}.weight"], params[f"{m}.bias"])
+                            for m in STUDENT_MODALITIES], dim=1)
 
     def step(self, audio: torch.Tensor, visual: torch.Tensor, t_full: torch.Tensor,
              t_only: torch.Tensor) -> torch.Tensor:
         """One meta step on a training batch (raw features, teacher logits); returns the new weights."""
         with torch.enable_grad():
-            x = self._standardise(audio.float(), visual.float())
+            x = self.standardise(audio.float(), visual.float())
             params = dict(self.proxy.named_parameters())
-            inner = self._train_loss(params, x, t_full, t_only, torch.softmax(self.alpha, 0))
+            inner, _, _ = msd_kd_terms(self.proxy_logits(params, x), t_full, t_only, torch.softmax(self.alpha, 0),
+                                       self.temperature)
             grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
             fast = {k: p - self.inner_lr * g for (k, p), g in zip(params.items(), grads, strict=True)}
             rows = torch.randint(len(self.val_labels), (min(self.val_batch, len(self.val_labels)),),
-                                 generator=self.gen)
-            xv = self._standardise(self.val_audio[rows], self.val_visual[rows])
-            val_loss = F.cross_entropy(self._proxy_logits(fast, xv)["full"], self.val_labels[rows])
+                                 generator=self.gen).to(self.val_labels.device)
+            xv = self.standardise(self.val_audio[rows], self.val_visual[rows])
+            val_loss = F.cross_entropy(self.proxy_logits(fast, xv).mean(1), self.val_labels[rows])
             (g_alpha,) = torch.autograd.grad(val_loss, [self.alpha])
             self.alpha_opt.zero_grad(set_to_none=True)
             self.alpha.grad = g_alpha
             self.alpha_opt.step()
             w = self.weights()
-            real = self._train_loss(params, x, t_full, t_only, w)
+            real, _, _ = msd_kd_terms(self.proxy_logits(params, x), t_full, t_only, w, self.temperature)
             self.proxy_opt.zero_grad(set_to_none=True)
             real.backward()
             self.proxy_opt.step()
@@ -212,7 +179,7 @@ class MSDLoss(nn.Module):
     """The MSD auxiliary loss on the towers' embeddings (see the module docstring).
 
     ``teacher_full`` ``(N_train, C)`` and ``teacher_only`` ``(N_train, M, C)`` are the frozen
-    teacher's logits of the training clips; per-modality weights come either from
+    teacher's logits of the training clips (buffers); per-modality weights come either from
     ``sample_weights`` ``(N_train, M)`` (uniform / population / instance) or from ``learner``.
     """
 
@@ -243,37 +210,37 @@ class MSDLoss(nn.Module):
             w = self.learner.step(batch.audio, batch.visual, t_full, t_only).expand(len(rows), -1)
         else:
             w = self.sample_weights[rows]
-        z = {"audio": self.heads["audio"](audio), "visual": self.heads["visual"](visual)}
-        kd_full = kd_per_sample(0.5 * (z["audio"] + z["visual"]), t_full, self.temperature).mean()
-        kd_m = torch.stack([kd_per_sample(z[m], t_only[:, j], self.temperature)
-                            for j, m in enumerate(STUDENT_MODALITIES)], dim=1)
-        aux = (w * kd_m).sum(1).mean()
+        students = {"audio": audio, "visual": visual}
+        z = torch.stack([self.heads[m](students[m]) for m in STUDENT_MODALITIES], dim=1)
+        loss, kd_full, kd_m = msd_kd_terms(z, t_full, t_only, w, self.temperature)
         logs = {"msd_kd_full": kd_full.item(), **self.constant_logs}
         for j, m in enumerate(STUDENT_MODALITIES):
             logs[f"msd_kd_{m}"] = kd_m[:, j].mean().item()
             logs[f"msd_w_{m}"] = w[:, j].mean().item()
-        return self.weight * (kd_full + aux), logs
+        return self.weight * loss, logs
 
 
-@register("msd", needs_teacher=False)
 def build_msd(ctx: MethodContext) -> MSDLoss:
-    """Train the multimodal teacher on ``ctx.train`` (val early stopping), then build :class:`MSDLoss`."""
+    """Train the multimodal teacher on ``ctx.train``, then build :class:`MSDLoss` from its frozen outputs.
+
+    The teacher trains on ``ctx.device`` (early stopping on ``ctx.val``); the returned loss is on
+    the CPU, and the tower trainer moves it to the towers' device.
+    """
     opts = {**MSD_DEFAULTS, **ctx.options}
     scheme = opts["msd_weighting"]
     if scheme not in WEIGHTINGS:
         raise AvretError(f"--msd-weighting '{scheme}': expected one of {' | '.join(WEIGHTINGS)}")
-    if opts["msd_fusion"] not in ("sum", "concat"):
+    if opts["msd_fusion"] not in FUSIONS:
         raise AvretError(f"--msd-fusion '{opts['msd_fusion']}': expected 'sum' or 'concat'")
     torch.manual_seed(ctx.seed)
     teacher = build_teacher(ctx.train, int(opts["msd_teacher_hidden"]), opts["msd_fusion"])
-    history = train_multimodal_teacher(teacher, ctx.train, ctx.val, epochs=int(opts["msd_teacher_epochs"]),
-                                       seed=ctx.seed)
+    fitted = train_multimodal_teacher(teacher, ctx.train, ctx.val, epochs=int(opts["msd_teacher_epochs"]),
+                                      seed=ctx.seed, device=ctx.device)
     teacher.requires_grad_(False)
-    views = teacher_views(teacher, dataset_inputs(ctx.train))
+    views = {k: v.cpu() for k, v in teacher_views(teacher, dataset_inputs(ctx.train)).items()}
     saliency = saliency_from_logits(views["full"], views["without"])
     temperature = float(opts.get("kd_temperature", 4.0))
-    best = min(history, key=lambda r: r["val_ce"]) if history else {"val_accuracy": 0.0}
-    logs = {"msd_teacher_val_acc": best["val_accuracy"]}
+    logs = {"msd_teacher_val_acc": float(fitted.best.get("val_accuracy", 0.0))}
     for j, m in enumerate(STUDENT_MODALITIES):
         logs[f"msd_saliency_{m}"] = float(saliency[:, j].mean())
     learner, weights = None, None

@@ -15,13 +15,16 @@ teacher is trained (each modality of each clip is replaced by its token with pro
 ``modality_dropout``), so the teacher's posteriors with a modality removed are meaningful — which
 MSD's per-modality KD terms and saliency need.
 
-It never becomes part of the deployed towers.
+It never becomes part of the deployed towers, but it is an avret model like any other: a typed
+:class:`MultimodalTeacherConfig`, saved and loaded in the one checkpoint format
+(:mod:`avret.io`, ``model_type: multimodal-teacher``), and trained by the one loop
+(:func:`avret.train.loop.fit`).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,8 +33,13 @@ from torch.nn import functional as F
 
 from avret.data.dataset import AVDataset
 from avret.errors import DataError
+from avret.io import PretrainedMixin
+from avret.train.loop import FitConfig, FitResult, fit
+from avret.utils.device import resolve_device
 
 MODALITIES = ("audio", "visual", "view")
+STUDENT_MODALITIES = ("audio", "visual")  # what the towers see; the view is the teacher's alone
+FUSIONS = ("sum", "concat")
 
 
 def pooled_view(dataset: AVDataset) -> np.ndarray:
@@ -43,26 +51,69 @@ def pooled_view(dataset: AVDataset) -> np.ndarray:
     return (dataset.teacher_frames * mask).sum(1) / np.maximum(mask.sum(1), 1.0)
 
 
-class MultimodalTeacher(nn.Module):
+@dataclass
+class MultimodalTeacherConfig:
+    """Shape of a :class:`MultimodalTeacher` (saved as ``config.json``).
+
+    Attributes:
+        dims: input width of each modality (``audio``, ``visual``, ``view``).
+        num_classes: classes of the classifier.
+        hidden_dim: width of the projections, the trunk and the missing tokens.
+        fusion: ``sum`` (``Σ_m e_m``) or ``concat`` (``[e_audio; e_visual; e_view]``).
+        dropout: dropout after the trunk.
+    """
+
+    dims: dict[str, int]
+    num_classes: int
+    hidden_dim: int = 256
+    fusion: str = "sum"
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        """``ValueError`` naming the first field out of range."""
+        if set(self.dims) != set(MODALITIES):
+            raise ValueError(f"field 'dims': expected the modalities {MODALITIES}, got {sorted(self.dims)}")
+        for name, value in [*((f"dims.{m}", self.dims[m]) for m in MODALITIES), ("num_classes", self.num_classes),
+                            ("hidden_dim", self.hidden_dim)]:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
+                raise ValueError(f"field '{name}' is {value!r}; expected an integer in 1..65536")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"field 'fusion' is '{self.fusion}'; expected 'sum' or 'concat'")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"field 'dropout' is {self.dropout}; expected 0 <= dropout < 1")
+
+
+class MultimodalTeacher(PretrainedMixin, nn.Module):
     """MLP teacher over audio + visual + teacher view with per-modality missing tokens."""
 
-    def __init__(self, dims: dict[str, int], num_classes: int, hidden_dim: int = 256, fusion: str = "sum",
-                 dropout: float = 0.1) -> None:
+    model_type = "multimodal-teacher"
+    config_class = MultimodalTeacherConfig
+
+    def __init__(self, config: MultimodalTeacherConfig) -> None:
         super().__init__()
-        if fusion not in ("sum", "concat"):
-            raise ValueError(f"fusion '{fusion}': expected 'sum' or 'concat'")
-        if set(dims) != set(MODALITIES):
-            raise ValueError(f"dims: expected the modalities {MODALITIES}, got {sorted(dims)}")
-        self.fusion = fusion
-        self.hidden_dim = hidden_dim
+        config.validate()
+        self.config = config
+        dims, hidden_dim = config.dims, config.hidden_dim
         for m in MODALITIES:
             self.register_buffer(f"{m}_mean", torch.zeros(dims[m]))
             self.register_buffer(f"{m}_std", torch.ones(dims[m]))
         self.proj = nn.ModuleDict({m: nn.Sequential(nn.Linear(dims[m], hidden_dim), nn.GELU()) for m in MODALITIES})
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(hidden_dim)) for m in MODALITIES})
-        fused = hidden_dim * (len(MODALITIES) if fusion == "concat" else 1)
-        self.trunk = nn.Sequential(nn.Linear(fused, hidden_dim), nn.GELU(), nn.Dropout(dropout))
-        self.classifier = nn.Linear(hidden_dim, num_classes)
+        fused = hidden_dim * (len(MODALITIES) if config.fusion == "concat" else 1)
+        self.trunk = nn.Sequential(nn.Linear(fused, hidden_dim), nn.GELU(), nn.Dropout(config.dropout))
+        self.classifier = nn.Linear(hidden_dim, config.num_classes)
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.config.hidden_dim
+
+    @property
+    def fusion(self) -> str:
+        return self.config.fusion
+
+    @property
+    def device(self) -> torch.device:
+        return self.classifier.weight.device
 
     def set_input_stats(self, inputs: dict[str, torch.Tensor]) -> None:
         """Standardise each modality with the mean/std of (training) ``inputs``."""
@@ -100,13 +151,18 @@ class MultimodalTeacher(nn.Module):
     @torch.no_grad()
     def predict_logits(self, inputs: dict[str, torch.Tensor], present: Iterable[str] = MODALITIES,
                        batch_size: int = 4096) -> torch.Tensor:
-        """Eval-mode logits for all rows of ``inputs`` with only the ``present`` modalities."""
+        """Eval-mode logits for all rows of ``inputs`` with only the ``present`` modalities.
+
+        The inputs may live anywhere; each chunk is moved to the teacher's device, and so are the logits.
+        """
         was_training = self.training
         self.eval()
-        n = next(iter(inputs.values())).shape[0]
-        out = [self({m: x[i : i + batch_size] for m, x in inputs.items()}, present) for i in range(0, n, batch_size)]
+        present = tuple(present)
+        n, device = next(iter(inputs.values())).shape[0], self.device
+        out = [self({m: x[i : i + batch_size].to(device) for m, x in inputs.items()}, present)
+               for i in range(0, n, batch_size)]
         self.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0, self.classifier.out_features)
+        return torch.cat(out) if out else torch.zeros(0, self.classifier.out_features, device=device)
 
 
 def dataset_inputs(dataset: AVDataset) -> dict[str, torch.Tensor]:
@@ -118,44 +174,47 @@ def dataset_inputs(dataset: AVDataset) -> dict[str, torch.Tensor]:
 def build_teacher(train: AVDataset, hidden_dim: int = 256, fusion: str = "sum") -> MultimodalTeacher:
     """A fresh teacher sized for ``train`` with its input statistics set."""
     inputs = dataset_inputs(train)
-    teacher = MultimodalTeacher({m: x.shape[1] for m, x in inputs.items()}, train.num_classes, hidden_dim, fusion)
+    config = MultimodalTeacherConfig({m: int(x.shape[1]) for m, x in inputs.items()}, int(train.num_classes),
+                                     hidden_dim, fusion)
+    teacher = MultimodalTeacher(config)
     teacher.set_input_stats(inputs)
     return teacher
 
 
 def train_multimodal_teacher(teacher: MultimodalTeacher, train: AVDataset, val: AVDataset, epochs: int = 30,
                              lr: float = 2e-3, batch_size: int = 128, modality_dropout: float = 0.3,
-                             patience: int = 5, seed: int = 0) -> list[dict[str, float]]:
+                             patience: int = 5, seed: int = 0, device: str = "cpu") -> FitResult:
     """Train ``teacher`` to classify ``train`` (cross-entropy, modality dropout); keep the best val epoch.
 
-    Early stopping on the validation cross-entropy of the full (all-modality) teacher; the weights
-    of the best epoch are restored. Returns the per-epoch history.
+    Runs on :func:`avret.train.loop.fit` (seeded by ``seed``, on ``device``): AdamW, early stopping
+    after ``patience`` epochs without a lower validation cross-entropy of the full (all-modality)
+    teacher, the best epoch's weights restored. The modality-dropout masks come from a CPU
+    generator seeded with ``seed`` (the same masks on every device). Returns the fit's record; its
+    ``best`` holds ``val_ce`` and ``val_accuracy`` of the selected epoch. The teacher is left on
+    ``device``, in eval mode.
     """
-    gen = torch.Generator().manual_seed(seed)
-    x_tr, x_va = dataset_inputs(train), dataset_inputs(val)
-    y_tr, y_va = torch.from_numpy(train.labels), torch.from_numpy(val.labels)
-    opt = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=1e-4)
-    best, best_state, since, history = float("inf"), copy.deepcopy(teacher.state_dict()), 0, []
-    for epoch in range(epochs):
-        teacher.train()
-        order = torch.randperm(len(train), generator=gen)
-        for i in range(0, len(order), batch_size):
-            rows = order[i : i + batch_size]
-            drop = {m: torch.rand(len(rows), generator=gen) < modality_dropout for m in MODALITIES}
-            loss = F.cross_entropy(teacher({m: x[rows] for m, x in x_tr.items()}, drop_mask=drop), y_tr[rows])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        logits = teacher.predict_logits(x_va)
-        val_ce = F.cross_entropy(logits, y_va).item() if len(y_va) else 0.0
-        val_acc = float((logits.argmax(1) == y_va).float().mean()) if len(y_va) else 0.0
-        history.append({"epoch": epoch, "val_ce": val_ce, "val_accuracy": val_acc})
-        if val_ce < best:
-            best, best_state, since = val_ce, copy.deepcopy(teacher.state_dict()), 0
-        else:
-            since += 1
-            if since >= patience:
-                break
-    teacher.load_state_dict(best_state)
+    x_tr = dataset_inputs(train)
+    data = {**x_tr, "labels": torch.from_numpy(train.labels).long()}
+    masks = torch.Generator().manual_seed(seed)
+
+    def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        n = len(batch["rows"])
+        drop = {m: (torch.rand(n, generator=masks) < modality_dropout).to(batch["rows"].device) for m in MODALITIES}
+        return F.cross_entropy(teacher({m: batch[m] for m in MODALITIES}, drop_mask=drop), batch["labels"])
+
+    evaluate = None
+    if len(val):
+        target = resolve_device(device)
+        x_va = {m: x.to(target) for m, x in dataset_inputs(val).items()}
+        y_va = torch.from_numpy(val.labels).long().to(target)
+
+        def evaluate() -> dict[str, float]:
+            logits = teacher.predict_logits(x_va)
+            return {"val_ce": F.cross_entropy(logits, y_va).item(),
+                    "val_accuracy": float((logits.argmax(1) == y_va).float().mean())}
+
+    optimizer = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=1e-4)
+    config = FitConfig(epochs=epochs, batch_size=batch_size, seed=seed, patience=patience, device=device)
+    result = fit(teacher, loss_fn, data, optimizer, config, evaluate=evaluate, monitor="val_ce", mode="min")
     teacher.eval()
-    return history
+    return result

@@ -26,12 +26,16 @@ from typing import Any
 import torch
 
 from avret.data.dataset import AVDataset
-from avret.distill.methods import METHODS, NEEDS_TEACHER, MethodContext, TeacherOutputs, build_method
+from avret.distill.context import MethodContext, TeacherOutputs
+from avret.distill.methods import METHODS, NEEDS_TEACHER, build_method
 from avret.errors import AvretError
-from avret.models.runs import run_metadata, write_run
+from avret.io import FORMAT_VERSION, verify_run, write_run
 from avret.models.towers import TowerConfig
-from avret.models.train import TrainConfig, train_towers
+from avret.train.loop import STATE_FILE
+from avret.train.runs import run_metadata, towers_metadata
+from avret.train.towers import TrainConfig, train_towers
 from avret.utils.atomic import write_json
+from avret.utils.device import resolve_device
 from avret.utils.seeding import seed_everything
 
 Status = Callable[[str], None]
@@ -64,20 +68,21 @@ class DistillConfig:
 
 
 def _teacher_outputs(dataset: AVDataset, config: DistillConfig, out: Path, seed: int, status: Status,
-                     dataset_ref: str) -> tuple[TeacherOutputs, dict[str, Any]]:
+                     dataset_ref: str, device: str = "auto",
+                     precision: str = "fp32") -> tuple[TeacherOutputs, dict[str, Any]]:
     from avret.distill.step1 import RelevanceHead, fit_relevance_head
-    from avret.distill.synthetic_clip import register_synthetic_clip
     from avret.distill.teacher import VideoAdviserTeacher, teacher_config_for_dataset, train_teacher_on_dataset
+    from avret.models.clip import SYNTHETIC_CLIP
 
-    clip_model = config.clip_model or register_synthetic_clip()
+    clip_model = config.clip_model or SYNTHETIC_CLIP
     key = {**config.teacher_key(), "seed": seed, "dataset": dataset_ref,
-           "frames": dataset.meta.get("teacher_frames_source")}
+           "frames": dataset.meta.get("teacher_frames_source"), "format_version": FORMAT_VERSION}
     tdir, step1_file = out / "teacher", out / "step1.json"
     saved = json.loads(step1_file.read_text()) if step1_file.is_file() else None
     started = time.perf_counter()
     if saved is not None and saved.get("teacher_key") == key and (tdir / "config.json").is_file():
         status(f"reusing teacher in {tdir}")
-        teacher = VideoAdviserTeacher.from_pretrained(tdir)
+        teacher = VideoAdviserTeacher.from_pretrained(tdir, map_location=resolve_device(device))
         info = saved
     else:
         tcfg = teacher_config_for_dataset(
@@ -87,7 +92,8 @@ def _teacher_outputs(dataset: AVDataset, config: DistillConfig, out: Path, seed:
         teacher = VideoAdviserTeacher(tcfg)
         status(f"training teacher ({config.prompt_conditioning} prompts, {clip_model})")
         hist = train_teacher_on_dataset(teacher, dataset, epochs=config.teacher_epochs, lr=config.teacher_lr,
-                                        batch_size=config.teacher_batch_size, seed=seed, num_threads=1)
+                                        batch_size=config.teacher_batch_size, seed=seed, num_threads=1,
+                                        device=device, precision=precision)
         teacher.save_pretrained(tdir)
         info = {"teacher_key": key, "teacher_history": hist, "teacher_seconds": time.perf_counter() - started}
     use_audio = bool(config.teacher_use_audio)
@@ -100,21 +106,46 @@ def _teacher_outputs(dataset: AVDataset, config: DistillConfig, out: Path, seed:
         head = RelevanceHead(init_tau=float(info["tau"]))
     else:
         status("step 1: fitting the relevance head")
-        fit = fit_relevance_head(head, post, train.labels, val=(val_post, val.labels), seed=seed)
+        fit = fit_relevance_head(head, post, train.labels, val=(val_post, val.labels), seed=seed, device=device)
         info = {**info, "tau": head.tau.item(), "step1": fit,
                 "teacher_val_accuracy": float((val_post.argmax(1).numpy() == val.labels).mean())}
         write_json(step1_file, info)
-    return TeacherOutputs(logits, post, head), info
+    return TeacherOutputs(logits, post, head.cpu()), info
 
 
 def _check_student_options(cfg: DistillConfig) -> None:
     """Refuse bad step-2 options before the (long) teacher training, not after it."""
-    from avret.distill.step2 import RELEVANCE_LOSSES
+    from avret.losses.relevance import RELEVANCE_LOSSES
 
     if cfg.student_target not in ("pairwise", "per-clip"):
         raise AvretError(f"--student-target '{cfg.student_target}': expected 'pairwise' or 'per-clip'")
     if cfg.relevance_loss not in RELEVANCE_LOSSES:
         raise AvretError(f"--relevance-loss '{cfg.relevance_loss}': expected one of {', '.join(RELEVANCE_LOSSES)}")
+
+
+def _towers_state_dir(out: Path, key: dict[str, Any], say: Status) -> Path:
+    """``out/train_state``, the towers' resumable training state, kept only while ``key`` matches.
+
+    An interrupted run resumes its towers from the last finished epoch; a state left by a run with
+    other settings is removed first. The final run directory does not keep it.
+    """
+    import shutil
+
+    state_dir = out / "train_state"
+    key_file = state_dir / "key.json"
+    key = json.loads(json.dumps(key, default=str))
+    if state_dir.exists():
+        try:
+            same = json.loads(key_file.read_text(encoding="utf-8")) == key
+        except (OSError, ValueError):
+            same = False
+        if same and (state_dir / STATE_FILE).is_file():
+            say(f"resuming towers from {state_dir}")
+            return state_dir
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True)
+    write_json(key_file, key)
+    return state_dir
 
 
 def run_distillation(
@@ -140,10 +171,12 @@ def run_distillation(
         done = json.loads((out / "run.json").read_text())
         same = done.get("distill_config") == json.loads(json.dumps(asdict(cfg))) and \
             done.get("train_config") == asdict(tcfg)
-        if same:
+        damaged = verify_run(out) if same else []
+        if same and not damaged:
             say(f"{out} is complete (method {cfg.method}, seed {tcfg.seed}, same settings); nothing to do")
             return out
-        say(f"{out} holds a run with other settings; training again")
+        say(f"{out} holds a run with other settings; training again" if not damaged else
+            f"{out} is damaged ({damaged[0]} differs from run.json); training again")
     dataset = dataset.with_validation_split(tcfg.val_fraction, seed=tcfg.seed)
     ref = dataset_ref(dataset)
     if cfg.method in NEEDS_TEACHER:
@@ -153,25 +186,27 @@ def run_distillation(
     out.mkdir(parents=True, exist_ok=True)
     teacher_out, teacher_info = None, {}
     if cfg.method in NEEDS_TEACHER:
-        teacher_out, teacher_info = _teacher_outputs(dataset, cfg, out, tcfg.seed, say, ref)
+        teacher_out, teacher_info = _teacher_outputs(dataset, cfg, out, tcfg.seed, say, ref, tcfg.device,
+                                                     tcfg.precision)
     tower_cfg = tower_config or TowerConfig()
     options = {**({"weight": cfg.weight} if cfg.weight is not None else {}), "kd_temperature": cfg.kd_temperature,
                "student_target": cfg.student_target,
                "relevance_loss": cfg.relevance_loss, **cfg.options}
     ctx = MethodContext(dataset.subset("train"), dataset.subset("val"), teacher_out, tower_cfg.embed_dim,
-                        tcfg.seed, options)
+                        tcfg.seed, options, device=tcfg.device)
     # training-only heads draw their initial weights here: seed them, so that a run which reuses a
     # saved teacher gets the same heads (and towers) as one that has just trained it
     seed_everything(tcfg.seed)
     aux = build_method(cfg.method, ctx)
     say(f"training towers (method {cfg.method})")
-    result = train_towers(dataset, tower_cfg, tcfg, aux_loss=aux, progress=progress)
+    state_dir = _towers_state_dir(out, {"distill_config": asdict(cfg), "train_config": asdict(tcfg),
+                                        "tower_config": asdict(tower_cfg), "dataset": ref,
+                                        "teacher": teacher_info.get("teacher_key")}, say)
+    result = train_towers(dataset, tower_cfg, tcfg, aux_loss=aux, progress=progress, checkpoint=str(state_dir))
     meta = run_metadata(
-        dataset, cfg.method, "towers", tcfg.seed,
-        distill_config=asdict(cfg), train_config=asdict(tcfg), tower_config=asdict(result.model.config),
-        best_epoch=result.best_epoch, best_val_map=result.best_val_map, train_seconds=result.seconds,
+        dataset, cfg.method, tcfg.seed, command="distill", distill_config=asdict(cfg),
         teacher={k: v for k, v in teacher_info.items() if k not in ("teacher_history", "step1")},
-        history=result.history,
+        **towers_metadata(result, tcfg),
     )
     # write_run replaces the directory atomically; keep the teacher pieces by writing into it.
     keep = {p.name: p for p in out.iterdir() if p.name in ("teacher", "step1.json")}

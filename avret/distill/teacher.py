@@ -3,7 +3,7 @@
 ``VideoAdviserTeacher(config)`` combines
 
 * the frozen text tower of an open_clip model (:class:`~avret.distill.prompts.ClipTextEncoder`),
-  loaded from a local weights file (:func:`~avret.distill.clip_loading.load_clip`),
+  loaded from a local weights file (:func:`~avret.models.clip.load_clip`),
 * a :class:`~avret.distill.video_encoder.VideoEncoder` over precomputed per-frame embeddings,
 * a :class:`~avret.distill.prompts.PromptLearner` (learnable context, CoCoOp-style meta-net),
 * a learnable logit scale,
@@ -11,17 +11,16 @@
 so that ``forward(frames, mask, audio=None)`` returns class logits ``(B, C)`` =
 ``scale * cos(video embedding, prompt embedding of each class)``.
 
-Checkpoints (``save_pretrained``) hold only the teacher's own weights (``model.safetensors``) plus
-``config.json``; the frozen CLIP is referenced by architecture name, weights path and a sha256
-fingerprint of its text tower, which ``from_pretrained`` checks against the weights it loads.
+Checkpoints use avret's one format (:mod:`avret.io`, ``model_type: videoadviser-teacher``): they
+hold only the teacher's own weights (``model.safetensors``) plus ``config.json`` (the
+:class:`TeacherConfig`); the frozen CLIP is referenced by architecture name, weights path and a
+sha256 fingerprint of its text tower, which ``from_pretrained`` checks against the weights it loads.
+Training goes through the one loop, :func:`avret.train.loop.fit`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -32,33 +31,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avret.distill.clip_loading import (
-    RANDOM_INIT,
-    clip_embed_dim,
-    load_clip,
-    load_clip_tokenizer,
-    tensor_fingerprint,
-)
 from avret.distill.prompts import CONDITIONINGS, ClipTextEncoder, PromptLearner, normalize_template
 from avret.distill.video_encoder import POOLINGS, VideoEncoder
 from avret.errors import DataError, ModelError
-from avret.utils.atomic import atomic_dir, write_json
+from avret.io import PretrainedMixin, check_state
+from avret.models.clip import RANDOM_INIT, clip_embed_dim, load_clip, load_clip_tokenizer, tensor_fingerprint
+from avret.train.loop import FitConfig, FitResult, fit
 
 if TYPE_CHECKING:
     from avret.data.dataset import AVDataset
 
-FORMAT = "avret-videoadviser"
-FORMAT_VERSION = 1
 TEACHER_INPUTS = ("video", "text")
 
 __all__ = [
     "TeacherConfig",
     "VideoAdviserTeacher",
-    "read_checkpoint",
     "teacher_config_for_dataset",
     "train_teacher",
     "train_teacher_on_dataset",
-    "write_checkpoint",
 ]
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
@@ -143,19 +133,8 @@ class TeacherConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> TeacherConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ModelError(f"{where}: unknown teacher config field '{unknown[0]}'")
-        missing = [n for n in ("clip_model", "clip_weights", "class_names") if n not in data]
-        if missing:
-            raise ModelError(f"{where}: teacher config field '{missing[0]}' is missing")
-        return cls(**data)
 
-
-class VideoAdviserTeacher(nn.Module):
+class VideoAdviserTeacher(PretrainedMixin, nn.Module):
     """CLIP-based VideoAdviser teacher: ``forward(frames, mask, audio=None) -> logits (B, C)``.
 
     Args:
@@ -164,9 +143,14 @@ class VideoAdviserTeacher(nn.Module):
             ``config.clip_model`` / ``config.clip_weights``). Only its text tower is kept.
     """
 
+    model_type = "videoadviser-teacher"
+    config_class = TeacherConfig
+
     def __init__(self, config: TeacherConfig, *, clip_model: nn.Module | None = None) -> None:
         super().__init__()
         config.validate()
+        self.path: Path | None = None
+        self._fingerprint: str | None = None
         if clip_model is None:
             clip_model = load_clip(
                 config.clip_model,
@@ -272,7 +256,7 @@ class VideoAdviserTeacher(nn.Module):
         """Class logits ``(N, C)`` on the CPU, computed in batches in eval mode (numpy or torch input)."""
         was_training = self.training
         self.eval()
-        frames_t, mask_t, audio_t = _as_inputs(frames, mask, audio)
+        frames_t, mask_t, audio_t = as_teacher_inputs(frames, mask, audio)
         out = []
         try:
             for s in range(0, len(frames_t), batch_size):
@@ -304,9 +288,26 @@ class VideoAdviserTeacher(nn.Module):
         """The teacher's own weights (everything but the frozen CLIP), as saved in ``model.safetensors``."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("text_encoder.")}
 
-    def load_own_state_dict(self, state: dict[str, torch.Tensor], where: str = "state dict") -> None:
+    def load_own_state_dict(self, state: dict[str, torch.Tensor], where: str | Path = "state dict") -> None:
         """Load :meth:`own_state_dict` tensors; ModelError names the first missing/mismatched key."""
-        _load_exact(self, self.own_state_dict(), state, where)
+        check_state(self.own_state_dict(), state, Path(where))
+        self.load_state_dict(state, strict=False)
+
+    # the checkpoint format's hooks (avret.io.PretrainedMixin): only the teacher's own weights
+    def weights_for_save(self) -> dict[str, torch.Tensor]:
+        return self.own_state_dict()
+
+    def load_weights(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
+        self.load_own_state_dict(tensors, where)
+
+    @classmethod
+    def from_config(cls, config: TeacherConfig, path: Path | None = None, *, clip_weights: str | None = None,
+                    clip_model: nn.Module | None = None) -> VideoAdviserTeacher:
+        """Build the teacher of ``config``; ``clip_weights`` overrides the stored CLIP weights path (the
+        file moved; its fingerprint must still match), ``clip_model`` passes an already loaded CLIP."""
+        if clip_weights is not None:
+            config.clip_weights = str(clip_weights)
+        return cls(config, clip_model=clip_model)
 
     def metadata(self) -> dict[str, Any]:
         """Run metadata: which CLIP (``clip_weights: "random-init"`` when random), what the teacher sees."""
@@ -323,121 +324,9 @@ class VideoAdviserTeacher(nn.Module):
             "trainable_parameters": int(sum(p.numel() for p in self.trainable_parameters())),
         }
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (own weights only) atomically to ``directory``."""
-        return write_checkpoint(
-            directory, "teacher", {"teacher": self.config.to_dict()}, self.own_state_dict(), self.metadata()
-        )
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        directory: str | os.PathLike[str],
-        *,
-        clip_weights: str | None = None,
-        clip_model: nn.Module | None = None,
-        map_location: str | torch.device = "cpu",
-    ) -> VideoAdviserTeacher:
-        """Rebuild a teacher saved by :meth:`save_pretrained`.
-
-        ``clip_weights`` overrides the stored CLIP weights path (the file moved); its fingerprint must
-        still match. ``clip_model`` passes an already loaded open_clip model instead.
-        """
-        cfg, tensors, where = read_checkpoint(directory, "teacher")
-        config = TeacherConfig.from_dict(dict(cfg.get("teacher", {})), where)
-        if clip_weights is not None:
-            config.clip_weights = str(clip_weights)
-        teacher = cls(config, clip_model=clip_model)
-        teacher.load_own_state_dict(tensors, where)
-        return teacher.to(map_location)
-
-
-# ---------------------------------------------------------------------- checkpoints
-def write_checkpoint(
-    directory: str | os.PathLike[str],
-    kind: str,
-    config: dict[str, Any],
-    tensors: dict[str, torch.Tensor],
-    metadata: dict[str, Any],
-) -> Path:
-    """Atomically write ``config.json`` (format, kind, config, metadata) and ``model.safetensors``."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    with atomic_dir(directory) as tmp:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors")
-        )
-        write_json(
-            tmp / "config.json",
-            {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                "kind": kind,
-                "config": config,
-                "metadata": metadata,
-            },
-        )
-    return directory
-
-
-def read_checkpoint(
-    directory: str | os.PathLike[str], kind: str
-) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
-    """Read a checkpoint written by :func:`write_checkpoint`: ``(config, tensors, where)``."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    cfg_path = directory / "config.json"
-    weights = directory / "model.safetensors"
-    if not directory.is_dir():
-        raise ModelError(
-            f"teacher directory {directory} does not exist; expected a directory written by save_pretrained"
-        )
-    if not cfg_path.is_file():
-        raise ModelError(
-            f"{cfg_path} does not exist; expected a teacher directory written by save_pretrained"
-        )
-    try:
-        doc = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{cfg_path} is not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ModelError(
-            f"{cfg_path}: field 'format' is {doc.get('format') if isinstance(doc, dict) else None!r}, "
-            f"expected '{FORMAT}'"
-        )
-    if doc.get("kind") != kind:
-        raise ModelError(f"{cfg_path}: field 'kind' is '{doc.get('kind')}', expected '{kind}'")
-    if not weights.is_file():
-        raise ModelError(f"{weights} does not exist; expected the teacher's weights next to config.json")
-    try:
-        tensors = load_file(str(weights), device="cpu")
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(
-            f"{weights} is unreadable ({type(exc).__name__}); expected a safetensors file"
-        ) from exc
-    return dict(doc.get("config") or {}), tensors, str(weights)
-
-
-def _load_exact(
-    module: nn.Module, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: str
-) -> None:
-    for key, value in expected.items():
-        if key not in state:
-            raise ModelError(f"{where}: key '{key}' is missing (expected shape {tuple(value.shape)})")
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise ModelError(
-                f"{where}: key '{key}' has shape {tuple(state[key].shape)}, expected {tuple(value.shape)}"
-            )
-    extra = [k for k in state if k not in expected]
-    if extra:
-        raise ModelError(f"{where}: unexpected key '{extra[0]}'")
-    module.load_state_dict(state, strict=False)
-
 
 # ---------------------------------------------------------------------- training
-def _as_inputs(
+def as_teacher_inputs(
     frames: ArrayLike, mask: ArrayLike | None, audio: ArrayLike | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     frames_t = torch.as_tensor(
@@ -469,97 +358,6 @@ def _batch(
     return (frames[idx].to(device), mask[idx].to(device), None if audio is None else audio[idx].to(device))
 
 
-def fit_loop(
-    model: nn.Module,
-    params: list[nn.Parameter],
-    n_train: int,
-    loss_fn: Callable[[torch.Tensor], torch.Tensor],
-    evaluate: Callable[[], dict[str, float]] | None,
-    better: Callable[[dict, dict], bool],
-    *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    patience: int,
-    weight_decay: float,
-    state_fn: Callable[[], dict[str, torch.Tensor]],
-    load_fn: Callable[[dict[str, torch.Tensor]], None],
-    progress: Progress | None,
-    train_metrics: Callable[[], dict[str, float]] | None = None,
-    num_threads: int | None = None,
-) -> dict[str, Any]:
-    """Shared mini-batch loop with early stopping on a validation metric; restores the best state.
-
-    ``loss_fn(batch_indices)`` returns the batch loss; ``evaluate()`` returns validation metrics
-    (``None``: no validation, train all epochs); ``better(new, best)`` compares them;
-    ``train_metrics()`` adds metrics gathered by ``loss_fn`` during the epoch; ``num_threads`` sets
-    torch's intra-op threads for the call (1 is often fastest for tiny models on a busy CPU).
-    """
-    if n_train == 0:
-        raise DataError("no labelled training clips; the teacher needs a non-empty training split")
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise DataError(f"epochs={epochs}, batch_size={batch_size}, lr={lr}: expected positive values")
-    history: dict[str, Any] = {"epochs": [], "best_epoch": None, "stopped_early": False, "seed": seed}
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    best: dict[str, float] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    stale = 0
-    threads_before = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    try:
-        devices = [] if not torch.cuda.is_available() else list(range(torch.cuda.device_count()))
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            for epoch in range(1, epochs + 1):
-                t0 = time.perf_counter()
-                model.train()
-                perm = torch.randperm(n_train, generator=gen)
-                total, count = 0.0, 0
-                for s in range(0, n_train, batch_size):
-                    idx = perm[s : s + batch_size]
-                    loss = loss_fn(idx)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total += float(loss.detach()) * len(idx)
-                    count += len(idx)
-                record: dict[str, float] = {"epoch": epoch, "train_loss": total / max(count, 1)}
-                if train_metrics is not None:
-                    record.update(train_metrics())
-                if evaluate is not None:
-                    model.eval()
-                    with torch.no_grad():
-                        record.update(evaluate())
-                record["seconds"] = time.perf_counter() - t0
-                history["epochs"].append(record)
-                if progress is not None:
-                    progress(epoch, dict(record))
-                if evaluate is None:
-                    continue
-                if best is None or better(record, best):
-                    best, stale = record, 0
-                    best_state = {k: v.detach().clone() for k, v in state_fn().items()}
-                    history["best_epoch"] = epoch
-                else:
-                    stale += 1
-                    if stale >= patience:
-                        history["stopped_early"] = True
-                        break
-    finally:
-        torch.set_num_threads(threads_before)
-    if best_state is not None:
-        load_fn(best_state)
-    if best is not None:
-        history["best"] = {k: v for k, v in best.items() if k != "seconds"}
-    else:
-        history["best_epoch"] = len(history["epochs"])
-    model.eval()
-    return history
-
-
 def _labelled(
     frames: ArrayLike,
     mask: ArrayLike | None,
@@ -568,7 +366,7 @@ def _labelled(
     num_classes: int,
     what: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    frames_t, mask_t, audio_t = _as_inputs(frames, mask, audio)
+    frames_t, mask_t, audio_t = as_teacher_inputs(frames, mask, audio)
     labels_t = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels).to(torch.long)
     if labels_t.shape != (len(frames_t),):
         raise DataError(f"{what} labels have shape {tuple(labels_t.shape)}, expected ({len(frames_t)},)")
@@ -586,14 +384,8 @@ def train_teacher(
     *,
     audio: ArrayLike | None = None,
     val: tuple | None = None,
-    epochs: int = 20,
-    lr: float = 2e-3,
-    batch_size: int = 64,
-    seed: int = 0,
-    patience: int = 5,
-    weight_decay: float = 0.0,
     progress: Progress | None = None,
-    num_threads: int | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train the teacher's own parameters with cross-entropy; early-stop on validation accuracy.
 
@@ -604,9 +396,9 @@ def train_teacher(
         val: ``(frames, mask, labels)`` or ``(frames, mask, labels, audio)`` of the VALIDATION split
             (never test). Model selection: highest validation accuracy, ties -> lower validation CE.
             ``None`` trains all ``epochs`` without selection.
-        epochs, lr, batch_size, seed, patience, weight_decay: optimisation (AdamW); deterministic given seed.
         progress: ``progress(epoch, metrics)`` called after every epoch.
-        num_threads: torch intra-op threads during training (None: leave as is; restored afterwards).
+        options: :class:`TeacherFit` fields (epochs, lr, batch_size, seed, patience, weight_decay,
+            num_threads, device, precision); the teacher is left on that device.
 
     Returns a history: per-epoch ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``seconds``;
     ``best_epoch``, ``best``, ``stopped_early``, ``seed``.
@@ -615,16 +407,12 @@ def train_teacher(
     tr = _labelled(frames, mask, labels, audio, c, "training")
     if teacher.config.audio_dim and tr[3] is None:
         raise DataError("the teacher conditions its prompts on audio; pass audio=(N, Da) features")
-    device = teacher.device
-    correct = {"n": 0, "seen": 0}
+    data = {"frames": tr[0], "mask": tr[1], "labels": tr[2], **({"audio": tr[3]} if tr[3] is not None else {})}
 
-    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-        f, m, a = _batch(tr[0], tr[1], tr[3], idx, device)
-        y = tr[2][idx].to(device)
-        logits = teacher(f, m, a)
-        correct["n"] += int((logits.argmax(-1) == y).sum())
-        correct["seen"] += len(idx)
-        return F.cross_entropy(logits, y)
+    def loss_fn(b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = teacher(b["frames"], b["mask"], b.get("audio"))
+        acc = float((logits.argmax(-1) == b["labels"]).float().mean())
+        return F.cross_entropy(logits, b["labels"]), {"train_acc": acc}
 
     evaluate = None
     if val is not None:
@@ -641,30 +429,59 @@ def train_teacher(
                 "val_acc": float((logits.argmax(-1) == va[2]).float().mean()),
             }
 
-    def train_metrics() -> dict[str, float]:
-        acc = correct["n"] / max(correct["seen"], 1)
-        correct["n"] = correct["seen"] = 0
-        return {"train_acc": acc}
+    opts = TeacherFit.of(options)
+    optimizer = opts.optimizer(teacher.trainable_parameters())
+    result = fit(teacher, loss_fn, data, optimizer, opts.fit_config(), evaluate=evaluate,
+                 monitor=("val_acc", "val_loss"), mode=("max", "min"), state_fn=teacher.own_state_dict,
+                 load_fn=teacher.load_own_state_dict, progress=_epoch_progress(progress))
+    return fit_history(result)
 
-    return fit_loop(
-        teacher,
-        teacher.trainable_parameters(),
-        len(tr[2]),
-        loss_fn,
-        evaluate,
-        lambda new, best: (new["val_acc"], -new["val_loss"]) > (best["val_acc"], -best["val_loss"]),
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        patience=patience,
-        weight_decay=weight_decay,
-        state_fn=teacher.own_state_dict,
-        load_fn=teacher.load_own_state_dict,
-        progress=progress,
-        train_metrics=train_metrics,
-        num_threads=num_threads,
-    )
+
+@dataclass
+class TeacherFit:
+    """How a teacher (VideoAdviser or sentiment) is optimised: AdamW on its own parameters, :func:`fit`."""
+
+    epochs: int = 20
+    lr: float = 2e-3
+    batch_size: int = 64
+    seed: int = 0
+    patience: int = 5
+    weight_decay: float = 0.0
+    num_threads: int | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+
+    @classmethod
+    def of(cls, options: dict[str, Any]) -> TeacherFit:
+        """From keyword options; unknown names or non-positive sizes are a one-line DataError."""
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            raise DataError(f"teacher training option '{unknown[0]}' is unknown; expected TeacherFit fields")
+        opts = cls(**options)
+        if opts.epochs < 1 or opts.batch_size < 1 or not opts.lr > 0:
+            raise DataError(f"epochs={opts.epochs}, batch_size={opts.batch_size}, lr={opts.lr}: "
+                            "expected positive values")
+        return opts
+
+    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def fit_config(self) -> FitConfig:
+        return FitConfig(epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, patience=self.patience,
+                         device=self.device, precision=self.precision, num_threads=self.num_threads)
+
+
+def fit_history(result: FitResult) -> dict[str, Any]:
+    """A teacher's training record for run files: per-epoch metrics, the selected epoch, the device."""
+    return {"epochs": result.history, "best_epoch": result.best_epoch, "best": result.best,
+            "stopped_early": result.stopped_early, "seed": result.config.get("seed"), "device": result.device,
+            "precision": result.precision, "seconds": result.seconds}
+
+
+def _epoch_progress(progress: Progress | None) -> Any:
+    if progress is None:
+        return None
+    return lambda epoch, _epochs, record: progress(epoch, record)
 
 
 def require_teacher_view(dataset: AVDataset) -> None:

@@ -124,7 +124,7 @@ def encode_frames(
             out = torch.zeros(b * t, emb.shape[-1])
         out[idx] = emb
     if out is None:
-        from avret.distill.clip_loading import clip_embed_dim
+        from avret.models.clip import clip_embed_dim
 
         out = torch.zeros(b * t, clip_embed_dim(clip_model))
     return out.reshape(b, t, -1)

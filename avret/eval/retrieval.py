@@ -11,28 +11,42 @@ Definition (matches the reference evaluation code of the audio-visual retrieval 
   ``n_without_relevant``; no query is ever dropped (the last partial chunk is evaluated too).
 
 Ranking and ties: items are sorted by *descending* float64 cosine similarity; items with exactly
-equal scores are ranked by ascending gallery index (what a stable sort of ``-score`` gives).
-Scores are computed in float64 on purpose: at n = 5,621 a float32 ranking already contains exact
-ties and 1-ulp near-ties in most rows, which makes the AP depend on rounding at the 1e-7 level;
-in float64 the ranking, and so the AP, agrees with a float64 reference to ~1e-15.
+equal scores are ranked by ascending gallery index (what a stable sort of ``-score`` gives). The
+score of a pair is defined independently of how it is computed: it is the float64 nearest to the
+exact inner product of the two L2-normalised float64 rows (correct rounding). So exact ties are
+ties whatever the batch shape: duplicated rows, or rows whose entries are a permutation of each
+other's against a symmetric query, always tie, and the result is bit-for-bit the same for every
+``chunk_size`` and ``n_workers`` (a float64 GEMM, whose rounding depends on the shape of the
+product and on the BLAS kernel, only gives approximate scores).
 
 Speed: queries are processed in vectorised chunks sized from a memory budget (~256 MB, so
 28,103 x 28,103 runs in bounded memory, every query including the last partial chunk). Each
 chunk is one float64 GEMM, then its rows are split over a few threads (numpy's sort and
 element-wise loops release the GIL). A row is ranked by one non-stable int64 sort of keys that
-hold an order-preserving image of the score with "relevant to this query" in the lowest bit, so
-the relevance of the ranking is read straight off the sorted keys. The rare rows where a relevant
-and an irrelevant item tie (to ~1e-15) are re-ranked with an exact stable float64 argsort, so
-the result is exactly the definition above, ties included.
+hold an order-preserving image of the GEMM score with "relevant to this query" in the lowest bit,
+so the relevance of the ranking is read straight off the sorted keys. A GEMM score is within
+``gamma_d = d u / (1 - d u)`` (u = 2**-53) of the exact inner product whatever the summation
+order, so the GEMM ranking can only differ from the exact one among items whose scores are within
+:func:`tie_tolerance` of each other, and that only changes the AP when such a near-tie group holds
+both relevant and irrelevant items. The rare rows with a relevant item next to an irrelevant one
+within that tolerance are ranked again from their correctly rounded scores, ties by gallery index
+(a stable sort): both sides are split into slices whose products are exact GEMMs (Ozaki's
+scheme), the exact partial products are added with error-free transformations, and the few
+results whose rounding cannot be certified that way are summed exactly
+(:func:`correctly_rounded_dots`). Tie-heavy data (integer-valued or duplicated embeddings) thus
+costs a few extra GEMMs per redone row; generic embeddings almost never redo a row.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -232,6 +246,197 @@ def _hits_at(rel: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
 
 
 _LOW_BYTE = 0 if sys.byteorder == "little" else 7
+_U = 2.0**-53  # unit roundoff of float64
+_VELTKAMP = 134217729.0  # 2**27 + 1: splits a float64 into two halves whose products are exact
+#: Rows with a non-zero entry below this magnitude may have products that underflow, where the
+#: error-free product is no longer exact; their pairs are scored with exact rational arithmetic.
+_TINY = 2.0**-480
+#: Row pairs scored per vectorised batch by :func:`correctly_rounded_dots` (bounds its memory).
+_PAIR_BATCH = 4096
+#: :class:`_ExactProduct`: query rows per set of exact GEMMs, and scores per element-wise block
+#: (its ~10 arrays of them stay in the CPU caches).
+_EXACT_ROWS = 128
+_BLOCK_ELEMENTS = 1 << 16
+
+
+def tie_tolerance(d: int) -> float:
+    """GEMM score gap within which two items of one query may rank differently by exact scores.
+
+    A float64 inner product of two unit rows of width ``d``, summed in any order (GEMM or GEMV,
+    blocked, with or without FMA), is within ``gamma_d = d u / (1 - d u)`` of the exact value. Two
+    items whose computed scores differ by more than twice that, plus the rounding of the sort keys
+    and one ulp, have correctly rounded scores in the same strict order. Returns twice that bound.
+    """
+    gamma = d * _U / (1.0 - d * _U)
+    return 4.0 * gamma + 32.0 * _U
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knuth's TwoSum: s = fl(a + b) and the exact error, a + b = s + e."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _split(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Veltkamp split a = hi + lo, each half with at most 26 significant bits."""
+    c = _VELTKAMP * a
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+def _exact_dot(x: np.ndarray, y: np.ndarray) -> float:
+    """Correctly rounded x . y by exact rational arithmetic (slow; for the rare underflow cases)."""
+    return float(sum((Fraction(a) * Fraction(b) for a, b in zip(x.tolist(), y.tolist(), strict=True)), Fraction(0)))
+
+
+def _dots_batch(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    n, d = x.shape
+    p = x * y
+    xh, xl = _split(x)
+    yh, yl = _split(y)
+    e = ((xh * yh - p) + xh * yl + xl * yh) + xl * yl  # Dekker: x*y = p + e exactly
+    pt = np.ascontiguousarray(p.T)
+    et = np.ascontiguousarray(e.T)
+    s, c = pt[0].copy(), et[0].copy()
+    for k in range(1, d):  # Dot2 (Ogita, Rump, Oishi 2005): cascaded error-free sum
+        s, t = _two_sum(s, pt[k])
+        c += t + et[k]
+    r, t = _two_sum(s, c)
+    # s + c is within 2 gamma_{d+1}^2 sum|p| of the exact value (a factor 2 of margin); r is its
+    # correct rounding unless that error can carry the exact value across r's rounding boundary.
+    mag = np.abs(p).sum(axis=1)
+    g = (d + 1) * _U / (1.0 - (d + 1) * _U)
+    err = 4.0 * g * g * mag + np.where(mag > 0, 2.0**-1070, 0.0)
+    half = 0.5 * np.minimum(np.nextafter(r, np.inf) - r, r - np.nextafter(r, -np.inf))
+    ok = (np.abs(t) + err < half) | (mag == 0)
+    r = np.where(mag == 0, 0.0, r)
+    for i in np.flatnonzero(~ok):  # near a rounding boundary, or cancellation near 0
+        r[i] = math.fsum(np.concatenate([p[i], e[i]]).tolist())  # exact terms, correctly rounded
+    tiny = ((x != 0) & (np.abs(x) < _TINY)).any(axis=1) | ((y != 0) & (np.abs(y) < _TINY)).any(axis=1)
+    for i in np.flatnonzero(tiny):
+        r[i] = _exact_dot(x[i], y[i])
+    return r + 0.0  # -0.0 -> 0.0
+
+
+def correctly_rounded_dots(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise ``fl(x[i] . y[i])``: the float64 nearest to the exact inner product of each pair.
+
+    ``x`` and ``y`` are (P, d) float64 arrays of unit rows. Error-free products (Dekker) and a
+    cascaded error-free sum (Dot2) give a double-double within ~1e-27 of the exact value; its
+    rounding is kept where that error provably cannot change it, the rest are summed exactly
+    (``math.fsum`` of the error-free terms, correctly rounded; exact rationals where products may
+    underflow). The result depends on the two rows only, not on any batch shape or BLAS.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for a in range(0, x.shape[0], _PAIR_BATCH):
+        out[a : a + _PAIR_BATCH] = _dots_batch(x[a : a + _PAIR_BATCH], y[a : a + _PAIR_BATCH])
+    return out
+
+
+def _slices(x: np.ndarray, beta: int, max_slices: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Split rows ``x = sum(slices) + rest`` exactly (Ozaki's error-free splitting).
+
+    Row i of slice s holds integer multiples of ``rho_i * 2**(-beta s)`` of magnitude at most
+    ``2**beta`` (rho_i a power of two), so the product of two slices is an exact GEMM when
+    ``d * 2**(2 beta)`` is at most 2**53 (every partial sum is an integer multiple of one unit
+    below 2**53, whatever the summation order). Stops once nothing is left; returns the slices
+    and max |rest| of every row.
+    """
+    _, e = np.frexp(np.abs(x).max(axis=1))  # max |x_i| < 2**e
+    rho = np.ldexp(1.0, e - beta)
+    rest, out = x.copy(), []
+    for _ in range(max_slices):
+        if not rest.any():
+            break
+        sigma = (1.5 * 2.0**52 * rho)[:, None]  # rest + sigma rounds rest to a multiple of rho
+        part = (rest + sigma) - sigma
+        out.append(part)
+        rest -= part  # exact
+        rho = np.ldexp(rho, -beta)
+    return out, np.abs(rest).max(axis=1)
+
+
+class _ExactProduct:
+    """Correctly rounded ``a . b`` for whole rows against a fixed gallery, at the cost of a few GEMMs.
+
+    Both sides are split into slices (:func:`_slices`) with ``beta`` small enough that all slice
+    products of one level (i + j = L, one common unit) add up exactly, even as separate GEMMs. The
+    exact level sums are then added with error-free transformations (TwoSum, on the carries too):
+    where nothing was dropped (no rest, no lost carry bits, the usual case for integer-valued or
+    duplicated rows) the final rounding is exactly the correct one; otherwise it is kept where the
+    error bound provably cannot change it, and the few others are scored by
+    :func:`correctly_rounded_dots`.
+    """
+
+    def __init__(self, gallery: np.ndarray):
+        self.gallery = gallery
+        d = gallery.shape[1]
+        self.max_slices = 5
+        # d * max_slices * 2**(2 beta) <= 2**53: a level's products and their sum are exact.
+        self.beta = (53 - (d * self.max_slices - 1).bit_length()) // 2
+        slices, self.g_rest = _slices(gallery, self.beta, self.max_slices)
+        self.g_slices_t = [np.ascontiguousarray(sl.T) for sl in slices]
+        self.g_l1 = np.abs(gallery).sum(axis=1)
+
+    def scores(self, a: np.ndarray) -> np.ndarray:
+        """(len(a), m) correctly rounded scores of the rows ``a`` against the gallery."""
+        m = self.gallery.shape[0]
+        out = np.empty((a.shape[0], m), dtype=np.float64)
+        sub = max(1, _BLOCK_ELEMENTS // max(1, m))
+        for i in range(0, a.shape[0], _EXACT_ROWS):
+            block = a[i : i + _EXACT_ROWS]
+            a_slices, a_rest = _slices(block, self.beta, self.max_slices)
+            a_l1 = np.abs(block).sum(axis=1)
+            # One exact GEMM per slice pair over the whole block (large products: BLAS at full
+            # speed), summed per level; then the element-wise work on cache-sized row groups.
+            levels = []
+            for level in range(len(a_slices) + len(self.g_slices_t) - 1):
+                term = None
+                for k in range(max(0, level - len(self.g_slices_t) + 1), min(level, len(a_slices) - 1) + 1):
+                    prod = a_slices[k] @ self.g_slices_t[level - k]  # exact
+                    if term is None:
+                        term = prod
+                    else:
+                        term += prod  # exact: same unit, sum below 2**53 units
+                levels.append(term)
+            for j in range(0, block.shape[0], sub):
+                rows = slice(j, j + sub)
+                out[i + j : i + j + sub] = self._round(
+                    [lv[rows] for lv in levels], block[rows], a_rest[rows], a_l1[rows]
+                )
+        return out
+
+    def _round(self, levels: list[np.ndarray], a: np.ndarray, a_rest: np.ndarray, a_l1: np.ndarray) -> np.ndarray:
+        """Correct rounding of the sum of the exact level terms (plus the rests' share)."""
+        acc, carry, lost = levels[0].copy(), np.zeros_like(levels[0]), np.zeros_like(levels[0])
+        for term in levels[1:]:
+            acc, t = _two_sum(acc, term)  # acc + t == old acc + term, exactly
+            carry, e = _two_sum(carry, t)  # carry + e == old carry + t, exactly
+            lost += np.abs(e, out=e)  # the e are dropped: sum |e| bounds the error
+        r, t = _two_sum(acc, carry)
+        # exact value = acc + carry + (dropped e's) + (the rests' share); r + t == acc + carry.
+        # The rests add at most |a|_1 max|rest_b| + max|rest_a| |b|_1 + d max|rest_a| max|rest_b|.
+        err = lost * (1.0 + 4.0 * len(levels) * _U)
+        if a_rest.any() or self.g_rest.any():
+            ra, rg = a_rest[:, None], self.g_rest[None, :]
+            err += 2.0 * (ra * self.g_l1[None, :] + a_l1[:, None] * rg + a.shape[1] * ra * rg)
+        # err == 0: the exact value is acc + carry and r its correct rounding. Otherwise r is kept
+        # when the exact value r + t (+- err) stays within half the gap from r to its neighbour on
+        # that side (quick test first: a quarter ulp is at most half of either gap).
+        rows, cols = np.nonzero((err > 0) & (np.abs(t) + err >= 0.25 * np.spacing(np.abs(r))))
+        if rows.size:
+            r_, t_, e_ = r[rows, cols], t[rows, cols], err[rows, cols]
+            away = np.spacing(np.abs(r_))  # gap to the neighbour farther from 0
+            toward = np.where(np.abs(np.frexp(r_)[0]) == 0.5, 0.5 * away, away)
+            gap = np.where((t_ != 0) & ((t_ > 0) == (r_ > 0)), away, toward)
+            keep = np.abs(t_) + e_ < 0.5 * gap
+            rows, cols = rows[~keep], cols[~keep]
+        if rows.size:
+            r[rows, cols] = correctly_rounded_dots(a[rows], self.gallery[cols])
+        return r + 0.0  # -0.0 -> 0.0
 
 
 class _Ranker:
@@ -242,18 +447,22 @@ class _Ranker:
     bits read as int64 grow as s falls; the rounding is monotone, it may merge scores closer than
     ~4e-16 but never swaps two), replaces the lowest bit by "relevant to this query" and sorts the
     int64 keys: relevant items then sit where they rank, marked by their low bit. A relevant item
-    whose predecessor has the same key apart from that bit is tied with an irrelevant item (to
-    ~1e-15): such rare rows are ranked again exactly (stable float64 argsort, ties by index).
+    whose neighbour in that order is irrelevant and within :func:`tie_tolerance` may rank the
+    other way round by exact scores: such rare rows are ranked again by :meth:`exact_relevance`.
     """
 
     def __init__(self, queries: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray, chunk: int):
         self.queries = queries
+        self.gallery = gallery
         self.m = gallery.shape[0]
         self.gallery_t = np.ascontiguousarray(gallery.T)
         self.gallery_labels = gallery_labels
+        self.tol = tie_tolerance(gallery.shape[1])
         self.scores = np.empty((chunk, self.m), dtype=np.float64)
         self.rel = np.empty((chunk, self.m), dtype=np.uint8)
         self._bits: dict[int, np.ndarray] = {}
+        self._exact: _ExactProduct | None = None
+        self._lock = threading.Lock()
 
     def relevance_bits(self, label: int) -> np.ndarray:
         """int64 (m,): 1 where the gallery item has class ``label``, else 0."""
@@ -267,17 +476,20 @@ class _Ranker:
         for label in np.unique(labels):
             self.relevance_bits(int(label))
 
-    def exact(self, query_rows: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Relevance of the ranked gallery for some query rows, by an exact stable float64 argsort."""
-        scores = self.queries[query_rows] @ self.gallery_t
+    def exact_relevance(self, query_rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """(rows, m) bool: relevance of the gallery ranked by correctly rounded scores, ties by index."""
+        with self._lock:
+            if self._exact is None:
+                self._exact = _ExactProduct(self.gallery)
+        scores = self._exact.scores(self.queries[query_rows])
         ranked = np.argsort(-scores, axis=1, kind="stable")
-        rel = np.stack([self.relevance_bits(int(lab))[r] for lab, r in zip(labels, ranked, strict=True)])
-        return rel.astype(bool).reshape(len(query_rows), self.m), ranked
+        return self.gallery_labels[ranked] == labels[:, None]
 
     def rows(
-        self, first: int, labels: np.ndarray, lo: int, hi: int, ks: tuple[int, ...]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """AP, AP@R, hits@k and R of chunk rows ``lo:hi`` (query rows ``first+lo:first+hi``)."""
+        self, labels: np.ndarray, lo: int, hi: int, ks: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """AP, AP@R, hits@k and R of chunk rows ``lo:hi``, and which of them (0-based in ``lo:hi``)
+        must be ranked again by :meth:`exact_stats` (their first four results are then invalid)."""
         m = self.m
         x = self.scores[lo:hi]
         np.subtract(2.0, x, out=x)
@@ -295,18 +507,25 @@ class _Ranker:
         ap, ap_r, n_rel = _stats_from_hits(rows, ranks0, hi - lo)
         hits = _hits_at(rel, ks)
 
-        keys_flat = keys.reshape(-1)
-        has_prev = np.flatnonzero(ranks0 > 0)
-        tied = (keys_flat[flat[has_prev] - 1] ^ keys_flat[flat[has_prev]]) == 1
-        redo = np.unique(rows[has_prev[tied]])
-        step = max(1, (hi - lo) // 8)  # bounded extra memory even if every row must be redone
-        for i in range(0, redo.size, step):
-            part = redo[i : i + step]
-            rel_x, _ = self.exact(first + lo + part, labels[part])
-            rows_x, ranks_x = np.divmod(np.flatnonzero(rel_x), m)
-            ap[part], ap_r[part], n_rel[part] = _stats_from_hits(rows_x, ranks_x, part.size)
-            hits[part] = _hits_at(rel_x, ks)
-        return ap, ap_r, hits, n_rel
+        # The sorted keys read as floats are 2 - score (ascending; the low bit moves them by one
+        # ulp). A relevant item next to an irrelevant one within the tie tolerance may swap places
+        # by exact scores: those rows are ranked again exactly.
+        vals, rel_flat = x.reshape(-1), rel.reshape(-1)
+        prev = flat[ranks0 > 0]
+        prev = prev[~rel_flat[prev - 1] & (vals[prev] - vals[prev - 1] <= self.tol)]
+        nxt = flat[ranks0 < m - 1]
+        nxt = nxt[~rel_flat[nxt + 1] & (vals[nxt + 1] - vals[nxt] <= self.tol)]
+        redo = np.unique(np.concatenate([prev, nxt]) // m)
+        return ap, ap_r, hits, n_rel, redo
+
+    def exact_stats(
+        self, query_rows: np.ndarray, labels: np.ndarray, ks: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """AP, AP@R, hits@k and R of some query rows, ranked by correctly rounded scores."""
+        rel = self.exact_relevance(query_rows, labels)
+        rows, ranks0 = np.divmod(np.flatnonzero(rel), self.m)
+        ap, ap_r, n_rel = _stats_from_hits(rows, ranks0, len(query_rows))
+        return ap, ap_r, _hits_at(rel, ks), n_rel
 
 
 def _retrieval_metrics(
@@ -347,14 +566,22 @@ def _retrieval_metrics(
             edges = np.linspace(0, stop - start, min(workers, stop - start) + 1).astype(int)
             parts = list(zip(edges[:-1], edges[1:], strict=True))
 
-            def run(part: tuple[int, int], start: int = start, cl: np.ndarray = cl) -> Any:
+            def run(part: tuple[int, int], cl: np.ndarray = cl) -> Any:
                 lo, hi = part
-                return ranker.rows(start, cl[lo:hi], lo, hi, ks)
+                return ranker.rows(cl[lo:hi], lo, hi, ks)
 
             results = list(pool.map(run, parts)) if pool is not None and len(parts) > 1 else map(run, parts)
-            for (lo, hi), (a, b, h, r) in zip(parts, results, strict=True):
+            redo = []
+            for (lo, hi), (a, b, h, r, again) in zip(parts, results, strict=True):
                 sl = slice(start + lo, start + hi)
                 ap[sl], ap_r[sl], hits[sl], n_rel[sl] = a, b, h, r
+                redo.append(start + lo + again)
+            # Rows to rank again, here in the calling thread: a few GEMMs each, which use every core.
+            redo_rows = np.concatenate(redo)
+            step = max(1, chunk // 4)  # bounded extra memory even if every row must be redone
+            for i in range(0, redo_rows.size, step):
+                part = redo_rows[i : i + step]
+                ap[part], ap_r[part], hits[part], n_rel[part] = ranker.exact_stats(part, ql_sorted[part], ks)
             if progress is not None:
                 progress(stop, n)
     finally:

@@ -1,9 +1,10 @@
 """Media ingest: audio/video files -> VGGish audio features and CLIP (or Inception-v3) frame embeddings.
 
-Modules: ``decode`` (PyAV decoding), ``vggish_frontend`` (the reference log-mel front end),
-``vggish`` (the network, torchvggish layout), ``clip_frames`` (open_clip image tower),
-``inception`` (optional torchvision Inception-v3), ``extract`` (batched, resumable extraction into
-the plain-folder layout, and media queries). See ``docs/features.md``.
+Modules: ``decode`` (PyAV decoding, one file at a time), ``vggish_frontend`` (the reference log-mel
+front end), ``vggish`` (the network, torchvggish layout), ``clip_frames`` (the open_clip image tower,
+loaded by :mod:`avret.models.clip`), ``inception`` (optional torchvision Inception-v3), ``encoders``
+(the models of a run and their cache), ``shards`` (resumable shards and the final folder),
+``extract`` (the batched extraction pipeline, and media queries). See ``docs/features.md``.
 """
 
 from avret.features.extract import (

@@ -1,9 +1,9 @@
 """CLIP frame embeddings with an open_clip image encoder loaded from local weights (never downloaded).
 
-The model is named as open_clip names it (``ViT-B-32``, ...) or given as the path of an open_clip
-model-config JSON (its file stem becomes the name; handy for custom or tiny models). The weights
-are a local file: a full CLIP state dict (``torch.save(model.state_dict())``, or an open_clip /
-OpenAI checkpoint that ``open_clip.load_checkpoint`` understands). Only the image tower is kept.
+The model and its weights are loaded by avret's one CLIP loader, :func:`avret.models.clip.load_clip`
+(the same one the distillation teachers use): an open_clip name (``ViT-B-32`` or ``ViT-B/32``),
+one of avret's own architectures, or the path of an open_clip model-config JSON, and a local
+weights file. Only the image tower is kept.
 
 Frames are preprocessed with the model's own open_clip eval transform (resize shorter side,
 centre-crop, normalise with the model's mean/std). Each frame embedding is L2-normalised; the
@@ -13,50 +13,13 @@ its norm says how consistent the frames are).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from avret.errors import ModelError
-
-
-def resolve_model_name(name: str) -> str:
-    """Return an open_clip model name, registering ``name`` first when it is a model-config JSON path."""
-    import open_clip
-
-    path = Path(name)
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise ModelError(f"{path}: open_clip model-config JSON not found")
-        open_clip.add_model_config(path)
-        name = path.stem
-    if open_clip.get_model_config(name) is None:
-        raise ModelError(
-            f"CLIP model '{name}' is not an open_clip model name (e.g. ViT-B-32) nor a model-config .json"
-        )
-    return name
-
-
-def clip_transform(name: str) -> Callable[[Any], torch.Tensor]:
-    """The open_clip eval preprocess (PIL image -> normalised tensor) of model ``name``; no weights needed."""
-    import open_clip
-
-    name = resolve_model_name(name)
-    cfg = open_clip.get_model_config(name) or {}
-    vision = cfg.get("vision_cfg", {})
-    size = vision.get("image_size", 224)
-    pp = cfg.get("preprocess_cfg", {})
-    return open_clip.image_transform(
-        size,
-        is_train=False,
-        mean=pp.get("mean"),
-        std=pp.get("std"),
-        resize_mode=pp.get("resize_mode"),
-        interpolation=pp.get("interpolation"),
-    )
+from avret.models.clip import clip_image_transform, load_clip, resolve_model_name
+from avret.utils.device import resolve_device
 
 
 class ClipFrameEncoder:
@@ -64,9 +27,9 @@ class ClipFrameEncoder:
 
     def __init__(self, name: str, visual: torch.nn.Module, device: str | torch.device = "cpu") -> None:
         self.name = name
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.visual = visual.to(self.device).eval()
-        self.transform = clip_transform(name)
+        self.transform = clip_image_transform(name)
         self.dim = int(self._probe_dim())
 
     def _probe_dim(self) -> int:
@@ -100,25 +63,13 @@ class ClipFrameEncoder:
         return frame_embeddings.mean(axis=0).astype(np.float32)
 
 
-def load_clip(name: str, weights: str | Path, device: str | torch.device = "cpu") -> ClipFrameEncoder:
-    """Build open_clip model ``name`` and load ``weights`` (a local file) strictly; keep the image tower.
+def load_clip_frame_encoder(
+    name: str, weights: str | Path, device: str | torch.device = "cpu"
+) -> ClipFrameEncoder:
+    """The image tower of CLIP ``name`` with the local ``weights``, from :func:`avret.models.clip.load_clip`.
 
-    Raises :class:`ModelError` for an unknown model name, a missing or unreadable file, or weights
-    that do not fit the model.
+    Raises :class:`~avret.errors.ModelError` for an unknown model name, a missing or unreadable file,
+    or weights that do not fit the model.
     """
-    import open_clip
-
-    name = resolve_model_name(name)
-    weights = Path(weights)
-    if not weights.is_file():
-        raise ModelError(f"{weights}: CLIP weights file not found")
-    model = open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=False)
-    try:
-        open_clip.load_checkpoint(model, str(weights), strict=True)
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-        detail = " ".join(lines[:3])[:300]
-        raise ModelError(f"{weights}: does not fit CLIP model '{name}' ({detail})") from None
-    except Exception as exc:  # noqa: BLE001 - unreadable / not a checkpoint
-        raise ModelError(f"{weights}: not a readable CLIP checkpoint ({type(exc).__name__}: {exc})") from None
-    return ClipFrameEncoder(name, model.visual, device=device)
+    model = load_clip(name, weights)  # on the CPU: only the image tower goes to ``device``
+    return ClipFrameEncoder(resolve_model_name(name), model.visual, device=device)

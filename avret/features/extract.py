@@ -6,11 +6,12 @@ present), and writes ``manifest.csv``, ``audio.npy``, ``visual.npy``, ``teacher_
 ``teacher_mask.npy``, ``failures.json`` and ``extract_config.json`` so that
 ``avret.data.folder.load_folder(out_dir)`` reads the result directly.
 
-Resuming: per-clip results go to shards (``out_dir/shards/shard-*.npz``, each written atomically)
-and a ``shards/done.jsonl`` list appended after each shard; a re-run with the same settings skips
-every file already in ``done.jsonl`` and rebuilds the final arrays from the shards. Files that
-failed are retried on the next run (they may have been fixed). Changing the models or the frame
-sampling between runs is refused (the shards would mix two feature spaces).
+This module is the pipeline; each concern has its own module: decoding one file
+(:mod:`avret.features.decode`), the models and their cache (:mod:`avret.features.encoders`), and
+the resumable shards and final folder (:mod:`avret.features.shards`). Resuming: a re-run with the
+same settings skips every file already done and rebuilds the final arrays from the shards. Files
+that failed are retried on the next run (they may have been fixed). Changing the models or the
+frame sampling between runs is refused (the shards would mix two feature spaces).
 
 :func:`embed_query_media` computes the clip-level feature of one query file with the same front
 end and models as recorded in a features directory's ``extract_config.json``.
@@ -18,16 +19,10 @@ end and models as recorded in a features directory's ``extract_config.json``.
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import hashlib
-import io
 import json
-import os
 import platform
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,14 +33,30 @@ import torch
 
 from avret.errors import AvretError, DataError, ModelError
 from avret.features import vggish_frontend as fe
-from avret.features.decode import MEDIA_EXTENSIONS, decode_audio, decode_frames
-from avret.utils.atomic import atomic_file, save_npy, write_json
+from avret.features.decode import (
+    MEDIA_EXTENSIONS,
+    DecodedClip,
+    decode_audio,
+    decode_clip,
+    decode_frames,
+    single_torch_thread,
+)
+from avret.features.encoders import file_fingerprint, get_clip, get_inception, get_vggish
+from avret.features.shards import (
+    SHARDS,
+    check_settings,
+    pad_frames,
+    read_clips,
+    read_done,
+    write_feature_folder,
+    write_shard,
+)
+from avret.models.clip import resolve_model_name
+from avret.utils.atomic import write_json
+from avret.utils.device import resolve_device
 
 EXTRACT_CONFIG = "extract_config.json"
 FAILURES = "failures.json"
-SHARDS = "shards"
-DONE = "done.jsonl"
-SHARD_SETTINGS = "settings.json"
 FORMAT_VERSION = 1
 
 VisualKind = Literal["clip", "inception"]
@@ -92,6 +103,7 @@ class ExtractConfig:
             raise ModelError("visual='inception' needs --inception-weights PATH")
         if (self.clip_model is None) != (self.clip_weights is None):
             raise ModelError("give both --clip-model and --clip-weights, or neither")
+        _ = self.clip_arch  # an unknown or remote model name fails here, before any media is read
         if not self.fps > 0:
             raise AvretError(f"fps must be > 0, got {self.fps}")
         if self.max_frames < 1:
@@ -100,14 +112,17 @@ class ExtractConfig:
             raise AvretError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise AvretError(f"workers must be >= 0, got {self.workers}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise AvretError(f"device must be auto, cpu or cuda, got '{self.device}'")
         for name in ("vggish", "vggish_pca", "clip_weights", "inception_weights", "inception_pca"):
             p = getattr(self, name)
             if p is not None and not p.is_file():
                 raise ModelError(f"{p}: {name.replace('_', ' ')} file not found")
         if self.labels is not None and not self.labels.is_file():
             raise DataError(f"{self.labels}: labels CSV not found")
+
+    @property
+    def clip_arch(self) -> str | None:
+        """The open_clip architecture name of ``clip_model`` (``ViT-B/32`` -> ``ViT-B-32``, a .json -> its stem)."""
+        return resolve_model_name(self.clip_model) if self.clip_model else None
 
     @property
     def teacher(self) -> bool:
@@ -137,83 +152,13 @@ class ExtractConfig:
             "vggish": file_fingerprint(self.vggish),
             "vggish_pca": file_fingerprint(self.vggish_pca) if self.vggish_pca else None,
             "visual": self.visual,
-            "clip_model": Path(self.clip_model).stem if self.clip_model else None,
+            "clip_model": self.clip_arch,
             "clip_weights": file_fingerprint(self.clip_weights) if self.clip_weights else None,
             "inception_weights": file_fingerprint(self.inception_weights) if self.inception_weights else None,
             "inception_pca": file_fingerprint(self.inception_pca) if self.inception_pca else None,
             "fps": float(self.fps),
             "max_frames": int(self.max_frames),
         }
-
-
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_fingerprint(path: str | Path) -> str:
-    """``sha256:<hex>`` of a file's bytes (cached per path, size and mtime)."""
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _HASH_CACHE[key] = "sha256:" + h.hexdigest()
-    return _HASH_CACHE[key]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AvretError("device 'cuda' requested but torch.cuda.is_available() is False")
-    return torch.device(device)
-
-
-# --------------------------------------------------------------------------------------------- models
-
-_MODEL_CACHE: dict[tuple, Any] = {}
-
-
-def _cached(key: tuple, build: Callable[[], Any]) -> Any:
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = build()
-    return _MODEL_CACHE[key]
-
-
-def get_vggish(config: ExtractConfig, device: torch.device):  # noqa: ANN201
-    """The VGGish embedder of ``config`` (cached per weights, PCA and device)."""
-    from avret.features.vggish import load_vggish
-
-    key = ("vggish", file_fingerprint(config.vggish),
-           file_fingerprint(config.vggish_pca) if config.vggish_pca else None, str(device))
-    return _cached(key, lambda: load_vggish(config.vggish, config.vggish_pca, device))
-
-
-def get_clip(config: ExtractConfig, device: torch.device):  # noqa: ANN201
-    """The CLIP frame encoder of ``config`` (cached per model, weights and device)."""
-    from avret.features.clip_frames import load_clip
-
-    assert config.clip_model is not None and config.clip_weights is not None
-    key = ("clip", config.clip_model, file_fingerprint(config.clip_weights), str(device))
-    return _cached(key, lambda: load_clip(config.clip_model, config.clip_weights, device))
-
-
-def get_inception(config: ExtractConfig, device: torch.device):  # noqa: ANN201
-    """The Inception-v3 encoder of ``config`` (cached per weights, PCA and device)."""
-    from avret.features.inception import load_inception
-
-    assert config.inception_weights is not None
-    key = ("inception", file_fingerprint(config.inception_weights),
-           file_fingerprint(config.inception_pca) if config.inception_pca else None, str(device))
-    return _cached(key, lambda: load_inception(config.inception_weights, config.inception_pca, device))
-
-
-def clear_model_cache() -> None:
-    """Forget loaded models (frees their memory)."""
-    _MODEL_CACHE.clear()
 
 
 # --------------------------------------------------------------------------------------------- media list
@@ -280,72 +225,6 @@ def assign_clip_ids(paths: Sequence[Path], fixed: dict[str, str] | None = None) 
 
 
 # --------------------------------------------------------------------------------------------- decoding
-
-
-@contextlib.contextmanager
-def single_torch_thread() -> Iterator[None]:
-    """Run the decoding-side tensor ops (resampling, log-mel, frame transforms) on one thread.
-
-    They are small, and intra-op threading makes them much slower on a busy machine (measured on
-    2 shared cores: log-mel of 10 s 17 ms vs 150 ms, resampling 8 ms vs 160 ms, one frame's
-    ToTensor+Normalize 6 ms vs ~100 ms); DataLoader workers run single-threaded anyway.
-    """
-    prev = torch.get_num_threads()
-    if prev == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
-@dataclass
-class DecodedClip:
-    """One decoded file, ready for the models (or its one-line error)."""
-
-    clip_id: str
-    path: str
-    examples: torch.Tensor | None = None  # (n, 96, 64) VGGish examples
-    pixels: dict[str, torch.Tensor] = field(default_factory=dict)  # encoder -> (T, 3, H, W)
-    n_frames: int = 0
-    audio_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    error: str | None = None
-
-
-def decode_clip(
-    clip_id: str,
-    path: str | Path,
-    fps: float,
-    max_frames: int,
-    transforms: dict[str, Callable[[Any], torch.Tensor]],
-    audio: bool = True,
-    video: bool = True,
-) -> DecodedClip:
-    """Decode one file into VGGish examples and preprocessed frames; errors become ``.error``."""
-    t0 = time.perf_counter()
-    out = DecodedClip(clip_id=clip_id, path=str(path))
-    try:
-        with single_torch_thread():
-            if audio:
-                wave = decode_audio(path)
-                out.audio_seconds = len(wave) / fe.SAMPLE_RATE
-                out.examples = fe.waveform_to_examples(torch.from_numpy(wave))
-            if video:
-                images, _ = decode_frames(path, fps, max_frames)
-                out.n_frames = len(images)
-                out.pixels = {name: torch.stack([tf(im) for im in images]) for name, tf in transforms.items()}
-    except AvretError as exc:
-        out.error = str(exc)
-    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the run
-        detail = " ".join(str(exc).split())
-        out.error = f"{path}: unexpected error while decoding ({type(exc).__name__}: {detail})"
-    out.decode_seconds = time.perf_counter() - t0
-    if out.error:
-        out.examples, out.pixels = None, {}
-    return out
 
 
 class _MediaDataset(torch.utils.data.Dataset):
@@ -446,70 +325,13 @@ class _Progress:
             self.bar.stop()
 
 
-def _read_done(shard_dir: Path) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    path = shard_dir / DONE
-    if not path.is_file():
-        return done
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from an interrupted run: that clip is simply redone
-        if (shard_dir / rec.get("shard", "")).is_file():
-            done[rec["path"]] = rec
-    return done
-
-
-def _check_settings(shard_dir: Path, settings: dict[str, Any]) -> None:
-    path = shard_dir / SHARD_SETTINGS
-    has_done = (shard_dir / DONE).is_file() and (shard_dir / DONE).stat().st_size > 0
-    if path.is_file() and has_done:
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if old != settings:
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise DataError(
-                f"{shard_dir}: earlier shards were extracted with different settings ({', '.join(diff)}); "
-                "use a new --out directory or delete its shards/ folder"
-            )
-    else:  # nothing extracted yet under other settings: (re)start with these
-        write_json(path, settings)
-
-
-def _write_shard(shard_dir: Path, arrays: dict[str, np.ndarray]) -> str:
-    name = f"shard-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.npz"
-    with atomic_file(shard_dir / name, "wb") as fh:
-        np.savez(fh, **arrays)
-    return name
-
-
-def _append_done(shard_dir: Path, records: list[dict[str, Any]]) -> None:
-    with open(shard_dir / DONE, "a", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _pad_frames(frames: list[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    t = max([len(f) for f in frames] + [1])
-    out = np.zeros((len(frames), t, dim), np.float32)
-    mask = np.zeros((len(frames), t), bool)
-    for i, f in enumerate(frames):
-        out[i, : len(f)] = f
-        mask[i, : len(f)] = True
-    return out, mask
-
-
 class _Extractor:
     def __init__(self, config: ExtractConfig, device: torch.device) -> None:
         self.config, self.device = config, device
-        self.vggish = get_vggish(config, device)
-        self.clip = get_clip(config, device) if config.teacher else None
-        self.inception = get_inception(config, device) if config.visual == "inception" else None
+        self.vggish = get_vggish(config.vggish, config.vggish_pca, device)
+        self.clip = get_clip(config.clip_model, config.clip_weights, device) if config.teacher else None
+        self.inception = (get_inception(config.inception_weights, config.inception_pca, device)
+                          if config.visual == "inception" else None)
         self.visual_dim = self.clip.dim if config.visual == "clip" else self.inception.dim
         self.model_seconds = 0.0
 
@@ -532,7 +354,7 @@ class _Extractor:
         arrays: dict[str, np.ndarray] = {"audio": audio}
         if self.clip is not None:
             frames = np.split(self.clip.encode(torch.cat([c.pixels["clip"] for c in group]), bs), fsplits)
-            arrays["teacher_frames"], arrays["teacher_mask"] = _pad_frames(frames, self.clip.dim)
+            arrays["teacher_frames"], arrays["teacher_mask"] = pad_frames(frames, self.clip.dim)
             if self.config.visual == "clip":
                 arrays["visual"] = np.stack([self.clip.clip_feature(f) for f in frames])
         if self.inception is not None:
@@ -581,9 +403,9 @@ def extract_features(
     labels = _read_labels(config.labels)
     device = resolve_device(config.device)
     shard_dir.mkdir(parents=True, exist_ok=True)
-    _check_settings(shard_dir, config.model_settings())
+    check_settings(shard_dir, config.model_settings())
 
-    done = _read_done(shard_dir)
+    done = read_done(shard_dir)
     fixed = {p: rec["clip_id"] for p, rec in done.items()}
     ids = assign_clip_ids(paths, fixed)
     keys = [str(p.resolve()) for p in paths]
@@ -611,8 +433,7 @@ def extract_features(
             if not pending:
                 return
             arrays = extractor.run_group(pending)
-            shard = _write_shard(shard_dir, arrays)
-            _append_done(shard_dir, [{"path": c.path, "clip_id": c.clip_id, "shard": shard} for c in pending])
+            write_shard(shard_dir, arrays, [{"path": c.path, "clip_id": c.clip_id} for c in pending])
             report.n_extracted += len(pending)
             bar.advance(len(pending))
             pending.clear()
@@ -636,7 +457,7 @@ def extract_features(
             bar.close()
         report.model_seconds = extractor.model_seconds
 
-    report.n_rows = _finalize(out_dir, config, paths, keys, labels, report, extractor)
+    report.n_rows = _finalize(out_dir, config, keys, labels, report, extractor)
     report.seconds = time.perf_counter() - t_start
     return report
 
@@ -644,31 +465,13 @@ def extract_features(
 def _finalize(
     out_dir: Path,
     config: ExtractConfig,
-    paths: list[Path],
     keys: list[str],
     labels: dict[str, tuple[str, str]],
     report: ExtractReport,
     extractor: _Extractor | None,
 ) -> int:
     """Assemble the final arrays (media-list order) from the shards and write them atomically."""
-    shard_dir = out_dir / SHARDS
-    done = _read_done(shard_dir)
-    rows = [done[k] for k in keys if k in done]
-    by_shard: dict[str, list[str]] = {}
-    for rec in rows:
-        by_shard.setdefault(rec["shard"], []).append(rec["clip_id"])
-    per_clip: dict[str, dict[str, np.ndarray]] = {}
-    for shard, wanted in by_shard.items():
-        with np.load(shard_dir / shard, allow_pickle=False) as z:
-            index = {str(c): i for i, c in enumerate(z["clip_ids"])}
-            data = {k: z[k] for k in z.files}
-        for cid in wanted:
-            i = index[cid]
-            clip = {"audio": data["audio"][i], "visual": data["visual"][i]}
-            if "teacher_frames" in data:
-                clip["frames"] = data["teacher_frames"][i][data["teacher_mask"][i]]
-            per_clip[cid] = clip
-    ids = [rec["clip_id"] for rec in rows]
+    ids, per_clip = read_clips(out_dir / SHARDS, keys)
     audio_dim = 128
     if extractor is not None:
         visual_dim = extractor.visual_dim
@@ -679,30 +482,7 @@ def _finalize(
         teacher_dim = int(first["frames"].shape[1]) if "frames" in first else None
     else:
         visual_dim, teacher_dim = 0, None
-    audio = np.zeros((len(ids), audio_dim), np.float32)
-    visual = np.zeros((len(ids), visual_dim), np.float32)
-    for i, cid in enumerate(ids):
-        audio[i] = per_clip[cid]["audio"]
-        visual[i] = per_clip[cid]["visual"]
-    save_npy(out_dir / "audio.npy", audio)
-    save_npy(out_dir / "visual.npy", visual)
-    if teacher_dim is not None:
-        frames, mask = _pad_frames([per_clip[c]["frames"] for c in ids], teacher_dim)
-        save_npy(out_dir / "teacher_frames.npy", frames)
-        save_npy(out_dir / "teacher_mask.npy", mask)
-    else:
-        for name in ("teacher_frames.npy", "teacher_mask.npy"):
-            (out_dir / name).unlink(missing_ok=True)
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["clip_id", "label", "split"])
-    for cid in ids:
-        lab, split = labels.get(cid, ("", "test"))
-        writer.writerow([cid, lab, split])
-    with atomic_file(out_dir / "manifest.csv", "w") as fh:
-        fh.write(buf.getvalue())
-
+    write_feature_folder(out_dir, ids, per_clip, labels, (audio_dim, visual_dim, teacher_dim))
     write_json(out_dir / FAILURES, report.failures)
     write_json(out_dir / EXTRACT_CONFIG, _extract_record(config, len(ids), report, visual_dim, teacher_dim))
     return len(ids)
@@ -745,7 +525,7 @@ def _extract_record(
         },
         "visual": {
             "model": config.visual,
-            "name": (Path(config.clip_model).stem if config.visual == "clip" and config.clip_model
+            "name": (config.clip_arch if config.visual == "clip" and config.clip_model
                      else "torchvision inception_v3 pool" if config.visual == "inception" else None),
             "weights_sha256": settings["clip_weights" if config.visual == "clip" else "inception_weights"],
             "pca_sha256": settings["inception_pca"] if config.visual == "inception" else None,
@@ -754,7 +534,7 @@ def _extract_record(
                         else "mean of frame features"),
         },
         "teacher": None if teacher_dim is None else {
-            "model": "clip", "name": Path(config.clip_model).stem if config.clip_model else None,
+            "model": "clip", "name": config.clip_arch,
             "weights_sha256": settings["clip_weights"], "dim": teacher_dim,
             "frames": "L2-normalised per-frame embeddings",
         },
@@ -816,14 +596,14 @@ def embed_query_media(
     if modality == "audio":
         with single_torch_thread():
             examples = fe.waveform_to_examples(torch.from_numpy(decode_audio(path)))
-        vggish = get_vggish(cfg, dev)
+        vggish = get_vggish(cfg.vggish, cfg.vggish_pca, dev)
         return vggish.clip_feature(vggish.embed(examples, cfg.batch_size))
     if modality == "visual":
         images, _ = decode_frames(path, cfg.fps, cfg.max_frames)
         if cfg.visual == "clip":
-            enc = get_clip(cfg, dev)
+            enc = get_clip(cfg.clip_model, cfg.clip_weights, dev)
         else:
-            enc = get_inception(cfg, dev)
+            enc = get_inception(cfg.inception_weights, cfg.inception_pca, dev)
         with single_torch_thread():
             pixels = torch.stack([enc.transform(im) for im in images])
         return enc.clip_feature(enc.encode(pixels, cfg.batch_size))

@@ -17,7 +17,8 @@ from avret.data.registry import load_dataset
 from avret.errors import QueryError
 from avret.index.pipeline import GALLERY_FOR, QUERY_FOR
 from avret.index.store import AVIndex, SearchResult, index_path_for
-from avret.models.base import Embedder, load_model
+from avret.io import load_model
+from avret.models.base import Embedder, require_embedder
 
 MEDIA_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".mp4", ".mkv", ".webm", ".avi", ".mov"}
 
@@ -51,7 +52,7 @@ def open_index(
     model_path = model if model is not None else manifest.model_path
     if model_path is None:
         raise QueryError(f"index {path} records no model path; pass --model")
-    embedder = load_model(model_path)
+    embedder = require_embedder(load_model(model_path), model_path)
     index = AVIndex.load(path, expect_modality=GALLERY_FOR[direction], expect_fingerprint=embedder.fingerprint())
     return index, embedder
 

@@ -1,8 +1,8 @@
 """The interface every retrieval model offers: embed audio or visual features into one space.
 
 Both the neural towers and the CCA baseline implement :class:`Embedder`, so the index, search and
-eval code never care which one made the embeddings. :func:`load_model` dispatches on the
-``model_type`` field of ``config.json``, like transformers' Auto classes.
+eval code never care which one made the embeddings. Both save in avret's one checkpoint format and
+load through :func:`avret.io.load_model`, which dispatches on the ``model_type`` of ``config.json``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import numpy as np
 
 from avret.data.dataset import check_finite, check_width
 from avret.errors import ModelError
-from avret.models.serialization import fingerprint_dir, read_config
 
 MODALITIES = ("audio", "visual")
 
@@ -44,12 +43,10 @@ class Embedder(Protocol):
     def save_pretrained(self, path: str | Path) -> Path: ...
 
 
-class SavedModelMixin:
-    """Shared by the concrete models: feature widths from ``config`` and the cached fingerprint."""
+class RetrievalModelMixin:
+    """Feature widths of a retrieval model, read from its ``config``."""
 
     config: Any
-    path: Path | None
-    _fingerprint: str | None = None
 
     @property
     def audio_dim(self) -> int:
@@ -58,14 +55,6 @@ class SavedModelMixin:
     @property
     def visual_dim(self) -> int:
         return int(self.config.visual_dim)
-
-    def fingerprint(self) -> str:
-        """sha256 of the saved config + weights (the model must have been saved or loaded)."""
-        if self._fingerprint is None:
-            if self.path is None:
-                raise RuntimeError("fingerprint() needs a saved model; call save_pretrained first")
-            self._fingerprint = fingerprint_dir(self.path)
-        return self._fingerprint
 
 
 def input_dim(model: Embedder, modality: str) -> int:
@@ -93,17 +82,9 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
-def load_model(path: str | Path) -> Embedder:
-    """Load any avret retrieval model directory (towers or CCA) by its ``model_type``."""
-    from avret.models.cca import CCAModel
-    from avret.models.towers import AVTowers
-
-    path = Path(path)
-    if path.is_dir() and not (path / "config.json").exists() and (path / "model" / "config.json").exists():
-        path = path / "model"  # a run directory: the deployed model lives in RUN/model
-    raw = read_config(path)
-    kinds = {"towers": AVTowers, "cca": CCAModel}
-    kind = raw.get("model_type")
-    if kind not in kinds:
-        raise ModelError(f"{path / 'config.json'}: model_type '{kind}', expected one of {sorted(kinds)}")
-    return kinds[kind].from_pretrained(path)
+def require_embedder(model: Any, where: str | Path) -> Embedder:
+    """``model`` if it is a retrieval model (towers or CCA), else a one-line ModelError."""
+    if not isinstance(model, Embedder):
+        kind = getattr(model, "model_type", type(model).__name__)
+        raise ModelError(f"{where}: model_type '{kind}' is not a retrieval model; expected towers or cca")
+    return model

@@ -8,21 +8,15 @@ the ridge are chosen on the validation split (never the test split).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from avret.errors import ModelError
-from avret.models.base import SavedModelMixin, check_features, l2_normalize
-from avret.models.serialization import (
-    config_from_dict,
-    fingerprint_dir,
-    load_tensors,
-    read_config,
-    save_model_dir,
-)
+from avret.io import WEIGHTS_NAME, PretrainedMixin
+from avret.models.base import RetrievalModelMixin, check_features, l2_normalize
 
 
 @dataclass
@@ -34,7 +28,6 @@ class CCAConfig:
     n_components: int = 64
     reg: float = 1e-3
     class_names: list[str] = field(default_factory=list)
-    model_type: str = "cca"
 
 
 def _inv_sqrt(cov: np.ndarray) -> np.ndarray:
@@ -42,12 +35,14 @@ def _inv_sqrt(cov: np.ndarray) -> np.ndarray:
     return (vecs / np.sqrt(np.maximum(vals, 1e-12))) @ vecs.T
 
 
-class CCAModel(SavedModelMixin):
+class CCAModel(PretrainedMixin, RetrievalModelMixin):
     """Fitted CCA projections ``(x - mean) @ W`` per modality, unit-normalised."""
 
     model_type = "cca"
+    config_class = CCAConfig
 
-    def __init__(self, config: CCAConfig, params: dict[str, np.ndarray]) -> None:
+    def __init__(self, config: CCAConfig, params: dict[str, np.ndarray] | None = None) -> None:
+        params = params if params is not None else {}
         self.config = config
         self.params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
         self.path: Path | None = None
@@ -85,27 +80,21 @@ class CCAModel(SavedModelMixin):
         x = check_features(self, modality, features, "features").astype(np.float64)
         return l2_normalize((x - self.params[f"{modality}_mean"]) @ self.params[f"{modality}_proj"])
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        tensors = {k: torch.from_numpy(v) for k, v in self.params.items()}
-        self.path = save_model_dir(path, asdict(self.config), tensors)
-        self._fingerprint = fingerprint_dir(self.path)
-        return self.path
+    # ----------------------------------------------------------------- the checkpoint format's hooks
+    def weights_for_save(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in self.params.items()}
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> CCAModel:
-        path = Path(path)
-        config = config_from_dict(CCAConfig, read_config(path), path)
-        tensors = load_tensors(path)
+    def load_weights(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
+        c = self.config
         expected = {
-            "audio_mean": (config.audio_dim,), "visual_mean": (config.visual_dim,),
-            "audio_proj": (config.audio_dim, config.n_components),
-            "visual_proj": (config.visual_dim, config.n_components),
-            "canonical_corr": (config.n_components,),
+            "audio_mean": (c.audio_dim,), "visual_mean": (c.visual_dim,),
+            "audio_proj": (c.audio_dim, c.n_components), "visual_proj": (c.visual_dim, c.n_components),
+            "canonical_corr": (c.n_components,),
         }
         for key, shape in expected.items():
             if key not in tensors or tuple(tensors[key].shape) != shape:
                 got = tuple(tensors[key].shape) if key in tensors else "missing"
-                raise ModelError(f"{path / 'model.safetensors'}: weight '{key}' is {got}, expected {shape}")
-        model = cls(config, {k: v.numpy() for k, v in tensors.items()})
-        model.path = path
-        return model
+                raise ModelError(f"{where / WEIGHTS_NAME}: weight '{key}' is {got}, expected {shape}")
+            if not torch.isfinite(tensors[key]).all():
+                raise ModelError(f"{where / WEIGHTS_NAME}: weight '{key}' holds NaN or inf; expected finite weights")
+        self.params = {k: tensors[k].double().numpy() for k in expected}

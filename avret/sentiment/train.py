@@ -3,17 +3,24 @@
 Protocol (no test-set peeking): train on the ``train`` split, evaluate the ``dev`` split after
 every epoch and keep the weights of the epoch with the lowest dev MAE, then evaluate ``test`` once
 with those weights. Optimisation follows common RoBERTa fine-tuning practice: AdamW, linear warmup
-then linear decay to 0, a separate (higher) learning rate for the freshly initialised head,
-optional layer-wise learning-rate decay for the encoder, gradient clipping, dynamic padding.
+then linear decay to 0 (stepped per batch), a separate (higher) learning rate for the freshly
+initialised head, optional layer-wise learning-rate decay for the encoder, gradient clipping,
+dynamic padding over length-bucketed batches.
+
+The loop is avret's one training loop (:func:`avret.train.loop.fit`): it seeds, places the model on
+``--device``, runs bf16 autocast when asked, clips gradients, restores the best dev-MAE epoch (no
+early stopping) and keeps the per-epoch history. This module only hands it the objective (texts
+are tokenised inside ``loss_fn`` from the batch's row indices), the optimizer, the scheduler, the
+length-bucketed batches and the dev evaluation. :func:`write_student_run` writes the result as
+avret's one run-directory layout (:func:`avret.io.write_run`).
 """
 
 from __future__ import annotations
 
-import copy
+import csv
 import math
-import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +29,14 @@ import numpy as np
 import torch
 
 from avret.errors import DataError
-from avret.sentiment.data import SentimentExample, by_split
+from avret.io import write_run
+from avret.sentiment.data import SentimentExample, by_split, write_teacher_scores
 from avret.sentiment.distill import LOSSES, distillation_loss
 from avret.sentiment.metrics import json_safe, sentiment_metrics
 from avret.sentiment.student import SentimentStudent
+from avret.train.loop import PRECISIONS, Callback, FitConfig, FitState, fit
+from avret.utils.device import resolve_device
+from avret.utils.seeding import seed_everything
 
 
 @dataclass
@@ -41,7 +52,9 @@ class TrainConfig:
     the head at zero weights and the train-label mean as bias; ``"ridge"`` first fits the linear head
     by ridge regression on the frozen pooled embeddings (alpha chosen on dev), i.e. linear probing
     then fine-tuning (LP-FT, Kumar et al. 2022), so fine-tuning starts from the probe's solution
-    rather than from a random head that first distorts the pretrained features.
+    rather than from a random head that first distorts the pretrained features. ``device``:
+    ``auto`` | ``cpu`` | ``cuda`` (auto = CUDA when torch sees one); ``precision``: ``fp32`` or
+    ``bf16`` (bf16 autocast of the training step, CUDA only; the CPU stays fp32).
     """
 
     epochs: int = 6
@@ -65,6 +78,8 @@ class TrainConfig:
     head_init: str = "mean"
     bucket_batches: int = 16
     threads: int = 1
+    device: str = "auto"
+    precision: str = "fp32"
 
     def validate(self) -> None:
         """Raise ValueError on nonsensical settings (the CLI turns them into one-line errors)."""
@@ -80,11 +95,18 @@ class TrainConfig:
             raise ValueError(f"loss must be one of {LOSSES}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha is {self.alpha} (expected in [0, 1])")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision is {self.precision!r} (expected one of {', '.join(PRECISIONS)})")
 
 
 @dataclass
 class TrainResult:
-    """What a training run produced: the selected model and its dev/test numbers."""
+    """What a training run produced: the selected model and its dev/test numbers.
+
+    ``history`` has one record per epoch: ``epoch``, ``train_loss``, ``train_seconds`` (the
+    training batches only), ``seconds`` (with the dev evaluation) and ``dev`` (its metrics).
+    ``device``/``precision`` are what the loop used (``auto`` resolved).
+    """
 
     model: SentimentStudent
     best_epoch: int
@@ -93,16 +115,12 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
     test_predictions: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    precision: str = "fp32"
+    seconds: float = 0.0
 
 
 ProgressFn = Callable[[str, int, int], None]
-
-
-def set_seed(seed: int) -> None:
-    """Seed python, numpy and torch (CPU) for a reproducible run."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _layer_index(name: str, n_layers: int) -> int:
@@ -180,7 +198,7 @@ def init_head_by_ridge(model: SentimentStudent, train: Sequence[SentimentExample
         out = []
         for i in range(0, len(rows), batch_size):
             batch = model.tokenize([e.text for e in rows[i:i + batch_size]])
-            out.append(model.embed(**batch).double().numpy())
+            out.append(model.embed(**batch).double().cpu().numpy())
         return np.concatenate(out)
 
     ridge = ridge_select(pooled(train), np.array([e.label for e in train]), pooled(dev),
@@ -211,21 +229,21 @@ def train_student(
 
     Args:
         examples: all rows (train/dev/test); train and dev must be non-empty.
-        cfg: hyper-parameters.
+        cfg: hyper-parameters (``cfg.device``/``cfg.precision`` say where and how :func:`fit` runs).
         encoder: local Hugging Face encoder folder (None = the offline MiniLM default).
         teacher_scores: ``id -> teacher score`` covering the train split; enables distillation with
             ``cfg.alpha`` (see :mod:`avret.sentiment.distill`).
-        progress: ``progress(phase, done, total)`` callback (phase ``"epoch N"``), for the CLI.
+        progress: ``progress(phase, done, total)`` after every training step (phase ``"epoch N/E"``),
+            for the CLI.
         evaluate_test: evaluate the test split once with the selected weights.
     """
     cfg.validate()
-    set_seed(cfg.seed)
+    device = resolve_device(cfg.device)  # a bad --device fails before the encoder is loaded
     train = by_split(examples, "train")
     dev = by_split(examples, "dev")
     test = by_split(examples, "test")
     if not train or not dev:
         raise DataError(f"need train and dev rows to train (got {len(train)} train, {len(dev)} dev)")
-    torch.set_num_threads(cfg.threads)
     teacher = None
     if teacher_scores is not None and cfg.alpha > 0:
         missing = [e.id for e in train if e.id not in teacher_scores]
@@ -234,94 +252,143 @@ def train_student(
                             f"({len(missing)} of {len(train)} missing)")
         teacher = torch.tensor([teacher_scores[e.id] for e in train], dtype=torch.float32)
 
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        seed_everything(cfg.seed)  # the head's initial weights; fit seeds again for the trajectory
+        model = _new_student(train, dev, cfg, encoder, device)
+        texts = [e.text for e in train]
+        labels = torch.tensor([e.label for e in train], dtype=torch.float32)
+        lengths = [len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=cfg.max_len)["input_ids"]]
+        total = math.ceil(len(train) / cfg.batch_size) * cfg.epochs
+        opt = torch.optim.AdamW(param_groups(model, cfg))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(total, cfg.warmup_ratio))
+
+        def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            rows = batch["rows"].cpu()
+            pred = model(**model.tokenize([texts[i] for i in rows.tolist()])).float()
+            return distillation_loss(pred, labels[rows].to(pred.device),
+                                     None if teacher is None else teacher[rows].to(pred.device),
+                                     alpha=cfg.alpha, label_loss=cfg.loss, distill_loss=cfg.distill_loss)
+
+        def dev_metrics() -> dict[str, float]:
+            metrics, _ = evaluate(model, dev, cfg.eval_batch_size)
+            return {f"dev_{k}": v for k, v in metrics.items()}
+
+        timer = _TrainTimer()
+        callbacks: list[Callback] = [timer] + ([_StepProgress(progress)] if progress is not None else [])
+        fit_cfg = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, patience=None,
+                            device=str(device), precision=cfg.precision,
+                            grad_clip=cfg.grad_clip if cfg.grad_clip > 0 else None, num_threads=cfg.threads)
+        result = fit(model, loss_fn, len(train), opt, fit_cfg, evaluate=dev_metrics, monitor="dev_mae", mode="min",
+                     scheduler=sched, scheduler_interval="batch", callbacks=callbacks,
+                     batches=lambda gen, _epoch: length_bucketed_batches(lengths, cfg.batch_size, gen,
+                                                                        cfg.bucket_batches))
+        history = [_epoch_record(r, s) for r, s in zip(result.history, timer.seconds, strict=True)]
+        test_m = None
+        test_pred: dict[str, float] = {}
+        if evaluate_test and test:
+            test_m, preds = evaluate(model, test, cfg.eval_batch_size)
+            test_pred = {e.id: float(p) for e, p in zip(test, preds, strict=True)}
+    finally:
+        torch.set_num_threads(threads_before)
+    return TrainResult(model=model, best_epoch=result.best_epoch, dev_metrics=history[result.best_epoch - 1]["dev"],
+                       test_metrics=test_m, history=history, epoch_seconds=list(timer.seconds),
+                       test_predictions=test_pred, device=result.device, precision=result.precision,
+                       seconds=result.seconds)
+
+
+def _new_student(train: Sequence[SentimentExample], dev: Sequence[SentimentExample], cfg: TrainConfig,
+                 encoder: str | Path | None, device: torch.device) -> SentimentStudent:
+    """A student on the pretrained encoder, head at the train-label mean (or the ridge probe), on ``device``."""
     model = SentimentStudent.from_encoder(encoder, pooling=cfg.pooling, head=cfg.head, dropout=cfg.dropout,
                                           max_len=cfg.max_len)
     if cfg.freeze_embeddings:
         for name, p in model.encoder.named_parameters():
             if "embeddings" in name:
                 p.requires_grad_(False)
-    labels = torch.tensor([e.label for e in train], dtype=torch.float32)
     with torch.no_grad():  # start the head at the train mean: faster, steadier first epoch
-        model.head[-1].bias.fill_(float(labels.mean()))
+        model.head[-1].bias.fill_(float(torch.tensor([e.label for e in train], dtype=torch.float32).mean()))
+    model.to(device)
     if cfg.head_init == "ridge":
         init_head_by_ridge(model, train, dev, cfg.eval_batch_size)
-    texts = [e.text for e in train]
-    tokenized = model.tokenizer(texts, truncation=True, max_length=cfg.max_len)["input_ids"]
-    lengths = [len(ids) for ids in tokenized]
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(param_groups(model, cfg))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(total, cfg.warmup_ratio))
-    gen = torch.Generator().manual_seed(cfg.seed)
-
-    best: tuple[float, int, dict[str, torch.Tensor], dict[str, float]] | None = None
-    history: list[dict[str, Any]] = []
-    epoch_seconds: list[float] = []
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        batches = length_bucketed_batches(lengths, cfg.batch_size, gen, cfg.bucket_batches)
-        losses = []
-        for step, idx in enumerate(batches):
-            batch = model.tokenize([texts[i] for i in idx.tolist()])
-            pred = model(**batch)
-            loss = distillation_loss(pred, labels[idx], None if teacher is None else teacher[idx],
-                                     alpha=cfg.alpha, label_loss=cfg.loss, distill_loss=cfg.distill_loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            if progress is not None:
-                progress(f"epoch {epoch}/{cfg.epochs}", step + 1, steps_per_epoch)
-        train_s = time.perf_counter() - t0
-        epoch_seconds.append(train_s)
-        dev_m, _ = evaluate(model, dev, cfg.eval_batch_size)
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_seconds": train_s,
-                  "dev": json_safe(dev_m)}
-        history.append(record)
-        if best is None or dev_m["mae"] < best[0]:
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best = (dev_m["mae"], epoch, state, dev_m)
-    assert best is not None
-    model.load_state_dict(best[2])
-    model.eval()
-    test_m = None
-    test_pred: dict[str, float] = {}
-    if evaluate_test and test:
-        test_m, preds = evaluate(model, test, cfg.eval_batch_size)
-        test_pred = {e.id: float(p) for e, p in zip(test, preds, strict=True)}
-    return TrainResult(model=model, best_epoch=best[1], dev_metrics=best[3], test_metrics=test_m,
-                       history=history, epoch_seconds=epoch_seconds, test_predictions=test_pred)
+    return model
 
 
-def write_run(out_dir: str | Path, result: TrainResult, cfg: TrainConfig, meta: dict[str, Any],
-              teacher_scores: dict[str, float] | None = None) -> Path:
-    """Write a self-contained run directory atomically (nothing half-written on error).
+class _StepProgress(Callback):
+    """``progress("epoch N/E", step, steps)`` after every training step (the CLI's bar)."""
 
-    Contents: the student (config.json, model.safetensors, tokenizer files), ``training.json``
-    (hyper-parameters, data, teacher provenance, per-epoch history), ``metrics.json`` (selected
-    epoch's dev metrics and the single test evaluation), ``test_predictions.csv`` and, when
-    distilling, ``teacher_scores.csv`` (what the student was advised with).
+    def __init__(self, progress: ProgressFn) -> None:
+        self.progress = progress
+
+    def on_batch_end(self, state: FitState, step: int, n_steps: int) -> None:
+        self.progress(f"epoch {state.epoch}/{state.config.epochs}", step, n_steps)
+
+
+class _TrainTimer(Callback):
+    """Seconds of each epoch's training batches (batching included, dev evaluation excluded)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_fit_start(self, state: FitState) -> None:
+        self._start = time.perf_counter()
+
+    def on_batch_end(self, state: FitState, step: int, n_steps: int) -> None:
+        if step == n_steps:
+            self.seconds.append(time.perf_counter() - self._start)
+
+    def on_epoch_end(self, state: FitState, record: dict[str, float]) -> None:
+        self._start = time.perf_counter()
+
+
+def _epoch_record(record: Mapping[str, float], train_seconds: float) -> dict[str, Any]:
+    """fit's flat epoch record → ``{epoch, train_loss, train_seconds, seconds, dev: {...}}``."""
+    dev = {k[len("dev_"):]: v for k, v in record.items() if k.startswith("dev_")}
+    dev["n"] = int(dev["n"])
+    out: dict[str, Any] = {k: v for k, v in record.items() if not k.startswith("dev_")}
+    out["epoch"] = int(out["epoch"])
+    out["train_seconds"] = train_seconds
+    out["dev"] = dev
+    return out
+
+
+def run_metadata(result: TrainResult, cfg: TrainConfig, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``run.json`` of a sentiment run records (besides :func:`avret.io.write_run`'s header).
+
+    ``meta`` holds what the caller knows: ``data``, ``dataset``, ``encoder``, ``teacher`` (provenance
+    of the teacher scores, or None).
     """
-    import csv
+    distilled = bool(meta.get("teacher")) and cfg.alpha > 0
+    return json_safe({
+        "command": "sentiment train",
+        "method": "distill" if distilled else "finetune",
+        "seed": cfg.seed,
+        **meta,
+        "device": result.device,
+        "precision": result.precision,
+        "train_config": asdict(cfg),
+        "selection": "best dev MAE epoch (no early stopping); test evaluated once with its weights",
+        "best_epoch": result.best_epoch,
+        "metrics": {"dev": result.dev_metrics, "test": result.test_metrics},
+        "train_seconds": result.seconds,
+        "epoch_seconds": result.epoch_seconds,
+        "history": [json_safe(h) for h in result.history],
+    })
 
-    from avret.sentiment.data import write_teacher_scores
-    from avret.utils.atomic import atomic_dir, write_json
 
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        result.model.save_pretrained(tmp)
-        write_json(tmp / "training.json", json_safe({
-            "train_config": asdict(cfg), **meta, "best_epoch": result.best_epoch,
-            "epoch_seconds": result.epoch_seconds, "history": result.history,
-        }))
-        write_json(tmp / "metrics.json", json_safe({
-            "selection": "best dev MAE epoch", "best_epoch": result.best_epoch,
-            "dev": result.dev_metrics, "test": result.test_metrics,
-        }))
+def write_student_run(out: str | Path, result: TrainResult, cfg: TrainConfig, meta: Mapping[str, Any],
+                      teacher_scores: Mapping[str, float] | None = None) -> Path:
+    """Write the run directory of a sentiment training (atomically, :func:`avret.io.write_run`)::
+
+        RUN/model/               the selected student (avret's checkpoint format, tokenizer/ inside)
+        RUN/run.json             :func:`run_metadata` + write_run's header (versions, file hashes)
+        RUN/test_predictions.csv id,prediction of the single test evaluation
+        RUN/teacher_scores.csv   id,score the student was advised with (when distilling)
+    """
+
+    def extra(tmp: Path) -> None:
         if result.test_predictions:
             with open(tmp / "test_predictions.csv", "w", newline="") as fh:
                 w = csv.writer(fh, lineterminator="\n")
@@ -329,13 +396,6 @@ def write_run(out_dir: str | Path, result: TrainResult, cfg: TrainConfig, meta: 
                 for k, v in result.test_predictions.items():
                     w.writerow([k, f"{v:.6f}"])
         if teacher_scores is not None:
-            write_teacher_scores(tmp / "teacher_scores.csv", teacher_scores)
-    return out_dir
+            write_teacher_scores(tmp / "teacher_scores.csv", dict(teacher_scores))
 
-
-def deepcopy_config(cfg: TrainConfig, **changes: Any) -> TrainConfig:
-    """A copy of ``cfg`` with some fields changed (benchmarks vary the seed / alpha)."""
-    new = copy.deepcopy(cfg)
-    for k, v in changes.items():
-        setattr(new, k, v)
-    return new
+    return write_run(out, result.model, run_metadata(result, cfg, meta), extra=extra)

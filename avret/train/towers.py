@@ -1,35 +1,37 @@
-"""Training loop of the retrieval towers, shared by plain training and every distillation method.
+"""Training the retrieval towers, shared by plain training and every distillation method.
 
 Model selection uses the validation split carved out of the training split (never the test
 split): after each epoch the mean of audio→visual and visual→audio mAP on ``val`` is measured and
 the best epoch's weights are kept; training stops after ``patience`` epochs without improvement.
 A distillation method plugs in as an :class:`AuxiliaryLoss` added to the retrieval objective; it
 may bring its own training-only parameters, which never become part of the deployed towers.
+The loop itself is :func:`avret.train.loop.fit`, the one loop of avret.
 """
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
 from avret.data.dataset import AVDataset
 from avret.errors import DataError
-from avret.models.objectives import RetrievalObjective
+from avret.losses.retrieval import RetrievalObjective
 from avret.models.towers import AVTowers, TowerConfig
+from avret.train.loop import FitConfig, Progress, fit
 from avret.utils.seeding import seed_everything
 
-Progress = Callable[[int, int, dict[str, float]], None]
+# (audio embeddings, visual embeddings, labels, class names) -> mean of A→V and V→A mAP
+ValMetric = Callable[[np.ndarray, np.ndarray, np.ndarray, list[str]], float]
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings of the towers."""
+    """Optimisation settings of the towers (``device``/``precision``: see :class:`FitConfig`)."""
 
     epochs: int = 80
     batch_size: int = 256
@@ -40,6 +42,8 @@ class TrainConfig:
     patience: int = 12
     val_fraction: float = 0.1
     seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
 
 
 @dataclass
@@ -53,7 +57,7 @@ class Batch:
 
 
 class AuxiliaryLoss(Protocol):
-    """A distillation term: extra loss from the batch and the towers' outputs."""
+    """A distillation term: extra loss from the batch and the towers' outputs (an ``nn.Module``)."""
 
     def parameters(self) -> Any: ...
 
@@ -72,15 +76,21 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     train_config: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    precision: str = "fp32"
 
 
-def validation_map(model: AVTowers, val: AVDataset) -> float:
-    """Mean of A→V and V→A mAP on the validation clips (model selection only)."""
+def mean_map(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray, class_names: list[str]) -> float:
+    """The default validation metric: the field's mean of A→V and V→A mAP."""
     from avret.eval.retrieval import cross_modal_report
 
-    a = model.embed("audio", val.audio)
-    v = model.embed("visual", val.visual)
-    return cross_modal_report(a, v, val.labels, val.class_names).mean_map
+    return cross_modal_report(audio, visual, labels, class_names).mean_map
+
+
+def validation_map(model: AVTowers, val: AVDataset, metric: ValMetric = mean_map) -> float:
+    """Mean of A→V and V→A mAP on the validation clips (model selection only)."""
+    return metric(model.embed("audio", val.audio), model.embed("visual", val.visual), val.labels,
+                  list(val.class_names))
 
 
 def train_towers(
@@ -89,11 +99,14 @@ def train_towers(
     config: TrainConfig | None = None,
     aux_loss: AuxiliaryLoss | None = None,
     progress: Progress | None = None,
+    val_metric: ValMetric = mean_map,
+    checkpoint: str | None = None,
 ) -> TrainResult:
     """Train audio/visual towers on ``dataset``'s train split, selecting the epoch on ``val``.
 
     ``dataset`` must be labelled; a ``val`` split is carved from ``train`` when absent. The rows
     passed to ``aux_loss`` in :class:`Batch` index ``dataset.subset("train")`` after carving.
+    ``checkpoint``: a directory for the resumable training state (see :class:`FitConfig`).
     """
     cfg = config or TrainConfig()
     dataset = dataset.with_validation_split(cfg.val_fraction, seed=cfg.seed)
@@ -110,58 +123,32 @@ def train_towers(
     model.audio_tower.set_input_stats(train.audio)
     model.visual_tower.set_input_stats(train.visual)
     objective = RetrievalObjective(tcfg.embed_dim, dataset.num_classes, cfg.temperature, cfg.classifier_weight)
+    modules: list[nn.Module] = [objective]
     params = list(model.parameters()) + list(objective.parameters())
     if aux_loss is not None:
         params += [p for p in aux_loss.parameters() if p.requires_grad]
+        if isinstance(aux_loss, nn.Module):
+            modules.append(aux_loss)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    data = {"audio": torch.from_numpy(train.audio), "visual": torch.from_numpy(train.visual),
+            "labels": torch.from_numpy(train.labels)}
 
-    audio = torch.from_numpy(train.audio)
-    visual = torch.from_numpy(train.visual)
-    labels = torch.from_numpy(train.labels)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    best_map, best_epoch, best_state, since_best = -1.0, -1, None, 0
-    history: list[dict[str, float]] = []
-    start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        model.train()
-        objective.train()
-        order = torch.randperm(len(train), generator=gen)
-        sums: dict[str, float] = {}
-        n_batches = 0
-        for i in range(0, len(order), cfg.batch_size):
-            rows = order[i : i + cfg.batch_size]
-            if len(rows) < 2:
-                continue
-            batch = Batch(rows, audio[rows], visual[rows], labels[rows])
-            a_emb, v_emb = model(batch.audio, batch.visual)
-            loss, logs = objective(a_emb, v_emb, batch.labels)
-            if aux_loss is not None:
-                extra, extra_logs = aux_loss(batch, a_emb, v_emb)
-                loss = loss + extra
-                logs = {**logs, **extra_logs}
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 5.0)
-            optimizer.step()
-            for k, v in {"loss": loss.item(), **logs}.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n_batches += 1
-        scheduler.step()
-        model.eval()
-        val_map = validation_map(model, val)
-        record = {"epoch": epoch, "val_map": val_map, **{k: v / max(n_batches, 1) for k, v in sums.items()}}
-        history.append(record)
-        if val_map > best_map:
-            best_map, best_epoch, since_best = val_map, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            since_best += 1
-        if progress is not None:
-            progress(epoch + 1, cfg.epochs, record)
-        if since_best >= cfg.patience:
-            break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model, best_epoch, best_map, history, time.perf_counter() - start, asdict(cfg))
+    def loss_fn(b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = Batch(b["rows"], b["audio"], b["visual"], b["labels"])
+        a_emb, v_emb = model(batch.audio, batch.visual)
+        loss, logs = objective(a_emb, v_emb, batch.labels)
+        if aux_loss is not None:
+            extra, extra_logs = aux_loss(batch, a_emb, v_emb)
+            loss = loss + extra
+            logs = {**logs, **extra_logs}
+        return loss, logs
+
+    fit_cfg = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, patience=cfg.patience,
+                        device=cfg.device, precision=cfg.precision, grad_clip=5.0, min_batch_size=2,
+                        checkpoint=checkpoint)
+    result = fit(model, loss_fn, data, optimizer, fit_cfg,
+                 evaluate=lambda: {"val_map": validation_map(model, val, val_metric)},
+                 monitor="val_map", mode="max", scheduler=scheduler, modules=modules, progress=progress)
+    return TrainResult(model, result.best_epoch, float(result.best["val_map"]), result.history, result.seconds,
+                       asdict(cfg), result.device, result.precision)

@@ -1,0 +1,78 @@
+"""The models of ``features extract``, each loaded once per process from local files.
+
+* VGGish (audio, :mod:`avret.features.vggish`),
+* the CLIP frame encoder (visual and teacher frames, :mod:`avret.features.clip_frames`, built by
+  avret's one CLIP loader :func:`avret.models.clip.load_clip`),
+* Inception-v3 (optional visual, :mod:`avret.features.inception`).
+
+Loaded models are cached per weights fingerprint (sha256 of the file's bytes, see
+:func:`file_fingerprint`), PCA file and device, so an extraction run and the media queries that
+follow it in the same process load each model once. Devices are :class:`torch.device` values
+resolved by :func:`avret.utils.device.resolve_device`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+_MODEL_CACHE: dict[tuple, Any] = {}
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file's bytes (cached per path, size and mtime)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _HASH_CACHE[key] = "sha256:" + h.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def _cached(key: tuple, build: Callable[[], Any]) -> Any:
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = build()
+    return _MODEL_CACHE[key]
+
+
+def _optional_fingerprint(path: str | Path | None) -> str | None:
+    return file_fingerprint(path) if path is not None else None
+
+
+def get_vggish(weights: str | Path, pca: str | Path | None, device: torch.device):  # noqa: ANN201
+    """The VGGish embedder of ``weights`` (+ optional torchvggish PCA params) on ``device``, cached."""
+    from avret.features.vggish import load_vggish
+
+    key = ("vggish", file_fingerprint(weights), _optional_fingerprint(pca), str(device))
+    return _cached(key, lambda: load_vggish(weights, pca, device))
+
+
+def get_clip(model: str, weights: str | Path, device: torch.device):  # noqa: ANN201
+    """The CLIP frame encoder of architecture ``model`` with local ``weights`` on ``device``, cached."""
+    from avret.features.clip_frames import load_clip_frame_encoder
+    from avret.models.clip import resolve_model_name
+
+    key = ("clip", resolve_model_name(model), file_fingerprint(weights), str(device))
+    return _cached(key, lambda: load_clip_frame_encoder(model, weights, device))
+
+
+def get_inception(weights: str | Path, pca: str | Path | None, device: torch.device):  # noqa: ANN201
+    """The Inception-v3 encoder of ``weights`` (+ optional PCA ``.npz``) on ``device``, cached."""
+    from avret.features.inception import load_inception
+
+    key = ("inception", file_fingerprint(weights), _optional_fingerprint(pca), str(device))
+    return _cached(key, lambda: load_inception(weights, pca, device))
+
+
+def clear_model_cache() -> None:
+    """Forget loaded models (frees their memory)."""
+    _MODEL_CACHE.clear()
