@@ -40,4 +40,5 @@ def build(
     built = build_indexes(embedder, ds, out, split=split, modalities=modalities[modality],
                           factory=factory, device=device, progress=status)
     for mod, index in built.items():
-        typer.echo(f"wrote {out / mod}: {index.count} {mod} clips, dim {index.dim}, factory {factory}")
+        typer.echo(f"wrote {out / mod}: {index.count} {mod} clips, dim {index.dim}, factory {factory} "
+                   f"(built on device {index.device})")

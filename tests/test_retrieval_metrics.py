@@ -227,12 +227,14 @@ def test_ties_are_exact_for_duplicates_and_permutations():
 
 
 def test_exact_row_scores_are_correctly_rounded():
-    # the sliced-GEMM scores used to re-rank tied rows, on rows needing 1 to 5 slices and a rest
+    # the sliced-GEMM scores used to re-rank tied rows: rows needing 1 to 5 slices and a rest, and
+    # 0/1 rows, whose scores often lie exactly halfway between two floats before rounding
     rng = np.random.default_rng(9)
-    g = np.concatenate([rng.standard_normal((12, 10)), rng.integers(-2, 3, size=(12, 10)).astype(float)])
+    g = np.concatenate([rng.standard_normal((12, 10)), rng.integers(-2, 3, (12, 10)), rng.integers(0, 2, (16, 10))])
     g[3, 4] = 1e-25  # far below the row's maximum: not captured by the slices (a rest)
     g[5] = g[4] * 3.0
-    q = np.concatenate([rng.standard_normal((6, 10)), rng.integers(-1, 2, size=(6, 10)).astype(float), g[10:14]])
+    q = np.concatenate([rng.standard_normal((6, 10)), rng.integers(-1, 2, (6, 10)), rng.integers(0, 2, (8, 10))])
+    q = np.concatenate([q, g[10:14]])
     q[0, :5], q[0, 5:] = g[0, 5:], -g[0, :5]  # orthogonal to g[0]: cancellation to ~0
     q[q.sum(axis=1) == 0, 0] += 1.0
     g[np.abs(g).sum(axis=1) == 0, 0] = 1.0

@@ -253,9 +253,9 @@ _VELTKAMP = 134217729.0  # 2**27 + 1: splits a float64 into two halves whose pro
 _TINY = 2.0**-480
 #: Row pairs scored per vectorised batch by :func:`correctly_rounded_dots` (bounds its memory).
 _PAIR_BATCH = 4096
-#: :class:`_ExactProduct`: query rows per set of exact GEMMs, and scores per element-wise block
-#: (its ~10 arrays of them stay in the CPU caches).
-_EXACT_ROWS = 128
+#: :class:`_ExactProduct`: memory for the slice products of one GEMM, and scores per element-wise
+#: block (its ~10 arrays of them stay in the CPU caches).
+_EXACT_BYTES = 64 * 1024**2
 _BLOCK_ELEMENTS = 1 << 16
 
 
@@ -364,21 +364,21 @@ class _ExactProduct:
 
     Both sides are split into slices (:func:`_slices`) with ``beta`` small enough that all slice
     products of one level (i + j = L, one common unit) add up exactly, even as separate GEMMs. The
-    exact level sums are then added with error-free transformations (TwoSum, on the carries too):
-    where nothing was dropped (no rest, no lost carry bits, the usual case for integer-valued or
-    duplicated rows) the final rounding is exactly the correct one; otherwise it is kept where the
-    error bound provably cannot change it, and the few others are scored by
-    :func:`correctly_rounded_dots`.
+    exact level sums are then added with error-free transformations (TwoSum); the rounding of the
+    result is kept where its error bound provably cannot change it (always when the sum was exact,
+    e.g. an exactly zero score), and the few others are scored by :func:`correctly_rounded_dots`.
     """
 
     def __init__(self, gallery: np.ndarray):
         self.gallery = gallery
         d = gallery.shape[1]
-        self.max_slices = 5
+        self.max_slices = 4
         # d * max_slices * 2**(2 beta) <= 2**53: a level's products and their sum are exact.
         self.beta = (53 - (d * self.max_slices - 1).bit_length()) // 2
         slices, self.g_rest = _slices(gallery, self.beta, self.max_slices)
-        self.g_slices_t = [np.ascontiguousarray(sl.T) for sl in slices]
+        self.n_g = len(slices)
+        # every gallery slice side by side, (d, n_g * m): one GEMM gives all slice products
+        self.g_stack = np.ascontiguousarray(np.concatenate([sl.T for sl in slices], axis=1))
         self.g_l1 = np.abs(gallery).sum(axis=1)
 
     def scores(self, a: np.ndarray) -> np.ndarray:
@@ -386,44 +386,50 @@ class _ExactProduct:
         m = self.gallery.shape[0]
         out = np.empty((a.shape[0], m), dtype=np.float64)
         sub = max(1, _BLOCK_ELEMENTS // max(1, m))
-        for i in range(0, a.shape[0], _EXACT_ROWS):
-            block = a[i : i + _EXACT_ROWS]
+        # rows per GEMM: all slice products of a block stay within _EXACT_BYTES
+        rows = max(sub, _EXACT_BYTES // (8 * self.max_slices * self.n_g * max(1, m)))
+        for i in range(0, a.shape[0], rows):
+            block = a[i : i + rows]
+            r = block.shape[0]
             a_slices, a_rest = _slices(block, self.beta, self.max_slices)
             a_l1 = np.abs(block).sum(axis=1)
-            # One exact GEMM per slice pair over the whole block (large products: BLAS at full
-            # speed), summed per level; then the element-wise work on cache-sized row groups.
-            levels = []
-            for level in range(len(a_slices) + len(self.g_slices_t) - 1):
-                term = None
-                for k in range(max(0, level - len(self.g_slices_t) + 1), min(level, len(a_slices) - 1) + 1):
-                    prod = a_slices[k] @ self.g_slices_t[level - k]  # exact
-                    if term is None:
-                        term = prod
-                    else:
-                        term += prod  # exact: same unit, sum below 2**53 units
-                levels.append(term)
-            for j in range(0, block.shape[0], sub):
-                rows = slice(j, j + sub)
-                out[i + j : i + j + sub] = self._round(
-                    [lv[rows] for lv in levels], block[rows], a_rest[rows], a_l1[rows]
-                )
+            # One GEMM for all slice pairs (each product exact): few, large BLAS calls.
+            prods = np.concatenate(a_slices, axis=0) @ self.g_stack
+            pairs = [(x, y) for x in range(len(a_slices)) for y in range(self.n_g)]
+            n_levels = len(a_slices) + self.n_g - 1
+            for j in range(0, r, sub):
+                lo, hi = j, min(j + sub, r)
+                levels = []
+                for level in range(n_levels):
+                    term = None
+                    for x, y in pairs:
+                        if x + y == level:
+                            prod = prods[x * r + lo : x * r + hi, y * m : (y + 1) * m]
+                            if term is None:
+                                term = prod.copy()
+                            else:
+                                term += prod  # exact: same unit, sum below 2**53 units
+                    levels.append(term)
+                out[i + lo : i + hi] = self._round(levels, block[lo:hi], a_rest[lo:hi], a_l1[lo:hi])
         return out
 
     def _round(self, levels: list[np.ndarray], a: np.ndarray, a_rest: np.ndarray, a_l1: np.ndarray) -> np.ndarray:
         """Correct rounding of the sum of the exact level terms (plus the rests' share)."""
-        acc, carry, lost = levels[0].copy(), np.zeros_like(levels[0]), np.zeros_like(levels[0])
+        acc, carry, size = levels[0], np.zeros_like(levels[0]), np.zeros_like(levels[0])
         for term in levels[1:]:
             acc, t = _two_sum(acc, term)  # acc + t == old acc + term, exactly
-            carry, e = _two_sum(carry, t)  # carry + e == old carry + t, exactly
-            lost += np.abs(e, out=e)  # the e are dropped: sum |e| bounds the error
+            carry += t  # exact value = acc + sum(t), and carry = sum(t) up to rounding
+            size += np.abs(t, out=t)
         r, t = _two_sum(acc, carry)
-        # exact value = acc + carry + (dropped e's) + (the rests' share); r + t == acc + carry.
-        # The rests add at most |a|_1 max|rest_b| + max|rest_a| |b|_1 + d max|rest_a| max|rest_b|.
-        err = lost * (1.0 + 4.0 * len(levels) * _U)
+        # exact value = r + t + (carry's rounding error) + (the rests' share), where the float sum
+        # of k terms errs by at most gamma_k sum|t| (x2 margin), 0 when all t are 0; the rests add
+        # at most |a|_1 max|rest_b| + max|rest_a| |b|_1 + d max|rest_a| max|rest_b|.
+        k = len(levels)
+        err = size * (2.0 * k * _U / (1.0 - k * _U))
         if a_rest.any() or self.g_rest.any():
             ra, rg = a_rest[:, None], self.g_rest[None, :]
             err += 2.0 * (ra * self.g_l1[None, :] + a_l1[:, None] * rg + a.shape[1] * ra * rg)
-        # err == 0: the exact value is acc + carry and r its correct rounding. Otherwise r is kept
+        # err == 0: the exact value is r + t, so r is its correct rounding. Otherwise r is kept
         # when the exact value r + t (+- err) stays within half the gap from r to its neighbour on
         # that side (quick test first: a quarter ulp is at most half of either gap).
         rows, cols = np.nonzero((err > 0) & (np.abs(t) + err >= 0.25 * np.spacing(np.abs(r))))
@@ -434,6 +440,18 @@ class _ExactProduct:
             gap = np.where((t_ != 0) & ((t_ > 0) == (r_ > 0)), away, toward)
             keep = np.abs(t_) + e_ < 0.5 * gap
             rows, cols = rows[~keep], cols[~keep]
+        if rows.size:
+            # Near a rounding boundary (often exactly on it): sum these few again, the carries
+            # with TwoSum too; if nothing is dropped there, the sum is exact and so its rounding.
+            vals = [lv[rows, cols] for lv in levels]
+            acc, carry, lost = vals[0], np.zeros(rows.size), np.zeros(rows.size)
+            for term in vals[1:]:
+                acc, t = _two_sum(acc, term)
+                carry, e = _two_sum(carry, t)
+                lost += np.abs(e)
+            exact = (lost == 0) & (a_rest[rows] == 0) & (self.g_rest[cols] == 0)
+            r[rows[exact], cols[exact]] = (acc + carry)[exact]
+            rows, cols = rows[~exact], cols[~exact]
         if rows.size:
             r[rows, cols] = correctly_rounded_dots(a[rows], self.gallery[cols])
         return r + 0.0  # -0.0 -> 0.0

@@ -119,7 +119,7 @@ def teacher_scores_from_videoadviser(
 
     clip = load_clip(name, weights, allow_random=weights == RANDOM_INIT, seed=seed)
 
-    def fit(train_rows: np.ndarray, fold_seed: int) -> tuple[Any, dict[str, Any]]:
+    def train_fold(train_rows: np.ndarray, fold_seed: int) -> tuple[Any, dict[str, Any]]:
         teacher = SentimentTeacher.create(name, weights, frame_dim=int(embeddings.shape[1]),
                                           teacher_input="text", clip=clip, n_ctx=n_ctx,
                                           prompt_conditioning=prompt_conditioning, seed=fold_seed)
@@ -135,13 +135,13 @@ def teacher_scores_from_videoadviser(
     fold_info = []
     for k, held in enumerate(folds):
         rest = np.setdiff1d(tr_idx, held)
-        teacher, hist = fit(rest, seed * 100 + k)
+        teacher, hist = train_fold(rest, seed * 100 + k)
         scores[held] = teacher.predict(frames[held], mask[held]).double().numpy()
         fold_info.append({"fold": k, "n_train": int(len(rest)), "n_scored": int(len(held)),
                           "best_epoch": hist.get("best_epoch")})
         if log is not None:
             log(f"teacher fold {k + 1}/{k_folds}: best epoch {hist.get('best_epoch')}")
-    full, hist = fit(tr_idx, seed * 100 + k_folds)
+    full, hist = train_fold(tr_idx, seed * 100 + k_folds)
     other = np.flatnonzero(split != "train")
     scores[other] = full.predict(frames[other], mask[other]).double().numpy()
     if log is not None:
