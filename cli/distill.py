@@ -11,12 +11,14 @@ from avret.distill.msd import MSD_DEFAULTS
 from avret.distill.pipeline import DistillConfig, run_distillation
 from avret.io import read_run
 from avret.train.towers import TrainConfig
+from avret.utils.atomic import RUN_MARKERS, check_output
 from cli.common import user_errors
 from cli.options import (
     DataOpt,
     DatasetOpt,
     DeviceOpt,
     FramesOpt,
+    OverwriteOpt,
     PrecisionOpt,
     SynthClipsOpt,
     SynthSeedOpt,
@@ -50,6 +52,7 @@ def distill(
     epochs: int = typer.Option(TrainConfig.epochs, "--epochs", help="Student (tower) epochs at most"),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
+    overwrite: bool = OverwriteOpt,
     msd_weighting: str = typer.Option(MSD_DEFAULTS["msd_weighting"], "--msd-weighting",
                                       help="msd: uniform | population | instance | learned"),
     msd_fusion: str = typer.Option(MSD_DEFAULTS["msd_fusion"], "--msd-fusion", help="msd teacher fusion: sum | concat"),
@@ -58,6 +61,7 @@ def distill(
                                    help="mi-kd: l1,l2,l3 (InfoNCE teacher-student, InfoNCE teacher-aux, adversarial)"),
 ) -> None:
     """Distil a teacher into the audio/visual towers; the deployed towers are the same for every method."""
+    check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before the data set is built
     ds = with_frames(open_dataset(dataset, data, synth_clips, synth_seed), frames)
     status(ds.describe())
     cfg = DistillConfig(method=method, clip_model=clip_model, clip_weights=clip_weights,
@@ -67,7 +71,7 @@ def distill(
                         options=_method_options(method, msd_weighting, msd_fusion, msd_teacher_epochs, mi_weights))
     with progress_bar(f"distill ({method}) towers", total=epochs) as update:
         tcfg = TrainConfig(seed=seed, epochs=epochs, device=device, precision=precision)
-        run = run_distillation(ds, out, cfg, tcfg, status=status,
+        run = run_distillation(ds, out, cfg, tcfg, status=status, overwrite=overwrite,
                                progress=lambda e, n, r: update(e, n, f"val mAP {r['val_map']:.4f}"))
     typer.echo(f"wrote {run} (device {read_run(run).get('device', 'cpu')})")
 

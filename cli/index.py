@@ -9,8 +9,17 @@ import typer
 from avret.index.pipeline import build_indexes
 from avret.io import load_model
 from avret.models.base import require_embedder
+from avret.utils.atomic import INDEX_MARKERS, check_output
 from cli.common import user_errors
-from cli.options import DataOpt, ModelDatasetOpt, SynthClipsOpt, SynthSeedOpt, dataset_of_models, open_dataset
+from cli.options import (
+    DataOpt,
+    ModelDatasetOpt,
+    OverwriteOpt,
+    SynthClipsOpt,
+    SynthSeedOpt,
+    dataset_of_models,
+    open_dataset,
+)
 from cli.progress import status
 
 app = typer.Typer(help="Build gallery indexes.", no_args_is_help=True)
@@ -29,16 +38,18 @@ def build(
     modality: str = typer.Option("both", "--modality", help="Gallery modality: both | visual | audio"),
     factory: str = typer.Option("Flat", "--factory", help="FAISS factory string (inner product)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Embed the chosen clips with the model's towers and index them (exact inner product by default)."""
     modalities = {"both": ("visual", "audio"), "visual": ("visual",), "audio": ("audio",)}
     if modality not in modalities:
         raise typer.BadParameter(f"--modality {modality}: expected both, visual or audio")
     embedder = require_embedder(load_model(model), model)
+    check_output(out, "index root", INDEX_MARKERS, overwrite=overwrite, reads=(model,))  # before any work
     ds = open_dataset(dataset_of_models(dataset, [model], synth_clips, synth_seed), data, synth_clips, synth_seed)
     status(ds.describe())
     built = build_indexes(embedder, ds, out, split=split, modalities=modalities[modality],
-                          factory=factory, device=device, progress=status)
+                          factory=factory, device=device, progress=status, overwrite=overwrite)
     for mod, index in built.items():
         typer.echo(f"wrote {out / mod}: {index.count} {mod} clips, dim {index.dim}, factory {factory} "
                    f"(built on device {index.device})")

@@ -15,6 +15,8 @@ ModelDatasetOpt = typer.Option(None, "--dataset", help="vegas-synth | vegas | av
 DataOpt = typer.Option(None, "--data", help="Path of the community h5 file for --dataset vegas/ave")
 SynthClipsOpt = typer.Option(None, "--synth-clips", help="vegas-synth: number of clips (default 6000)")
 SynthSeedOpt = typer.Option(None, "--synth-seed", help="vegas-synth: generator seed (default 0)")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace --out even if it is not an earlier output of "
+                            "this command (by default only an earlier output of the same kind is replaced)")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda (auto: CUDA when torch sees a GPU)")
 PrecisionOpt = typer.Option("fp32", "--precision", help="fp32 | bf16 (bf16 autocast, CUDA only)")
 FramesOpt = typer.Option(None, "--frames", help="Teacher frame embeddings for the data set: .npy (N,T,D) in row "

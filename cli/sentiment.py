@@ -20,7 +20,7 @@ from typing import Any
 import typer
 
 from cli.common import user_errors
-from cli.options import DeviceOpt, PrecisionOpt
+from cli.options import DeviceOpt, OverwriteOpt, PrecisionOpt
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -73,6 +73,7 @@ def train(
     dataset: str = typer.Option("mosi", "--dataset", help="mosi | mosei (only picks the default --data)."),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Fine-tune the student (best dev-MAE epoch kept), evaluate test once, write RUN (model/ + run.json)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -81,8 +82,10 @@ def train(
     from avret.sentiment.data import check_teacher_coverage, read_teacher_scores
     from avret.sentiment.metrics import metrics_table
     from avret.sentiment.train import TrainConfig, train_student, write_student_run
+    from avret.utils.atomic import RUN_MARKERS, check_output
     from avret.utils.device import resolve_device
 
+    check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before anything is trained
     if teacher_scores is not None and distill is not None:
         raise AvretError("--teacher-scores and --distill are exclusive (pass one teacher source)")
     if distill is not None and distill not in DISTILL_SOURCES:

@@ -9,8 +9,18 @@ import typer
 from avret.io import read_run
 from avret.train.runs import train_run
 from avret.train.towers import TrainConfig
+from avret.utils.atomic import RUN_MARKERS, check_output
 from cli.common import user_errors
-from cli.options import DataOpt, DatasetOpt, DeviceOpt, PrecisionOpt, SynthClipsOpt, SynthSeedOpt, open_dataset
+from cli.options import (
+    DataOpt,
+    DatasetOpt,
+    DeviceOpt,
+    OverwriteOpt,
+    PrecisionOpt,
+    SynthClipsOpt,
+    SynthSeedOpt,
+    open_dataset,
+)
 from cli.progress import progress_bar, status
 
 
@@ -26,12 +36,14 @@ def train(
     epochs: int = typer.Option(TrainConfig.epochs, "--epochs"),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train a retrieval model on the train split (model selection on a val split carved from it)."""
+    check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before the data set is built
     ds = open_dataset(dataset, data, synth_clips, synth_seed)
     status(ds.describe())
     cfg = TrainConfig(seed=seed, epochs=epochs, device=device, precision=precision)
     with progress_bar(f"train {model_type}", total=epochs) as update:
-        run = train_run(ds, out, model_type, cfg,
+        run = train_run(ds, out, model_type, cfg, overwrite=overwrite,
                         progress=lambda e, n, r: update(e, n, f"val mAP {r['val_map']:.4f}"))
     typer.echo(f"wrote {run} (device {read_run(run).get('device', 'cpu')})")

@@ -329,3 +329,17 @@ def test_interrupted_distillation_resumes_its_towers(tmp_path, small, weight_run
     assert any("resuming towers" in s for s in said)
     assert _identical(_weights(out), _weights(weight_runs["none"]))
     assert not (out / "train_state").exists() and verify_run(out) == []
+
+
+def test_a_towers_directory_of_the_previous_format_still_loads(tmp_path):
+    """Before format_version existed, towers saved the same fields with ``model_type`` inside the config."""
+    from avret.models.towers import AVTowers, TowerConfig
+
+    torch.manual_seed(0)
+    towers = AVTowers(TowerConfig(audio_dim=4, visual_dim=6, hidden_dim=8, embed_dim=4))
+    path = towers.save_pretrained(tmp_path / "old")
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["format_version"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)
+    np.testing.assert_array_equal(load_model(path).embed("visual", x), towers.embed("visual", x))

@@ -34,7 +34,7 @@ from avret.models.towers import TowerConfig
 from avret.train.loop import STATE_FILE
 from avret.train.runs import run_metadata, towers_metadata
 from avret.train.towers import TrainConfig, train_towers
-from avret.utils.atomic import write_json
+from avret.utils.atomic import RUN_MARKERS, check_output, write_json
 from avret.utils.device import resolve_device
 from avret.utils.seeding import seed_everything
 
@@ -156,8 +156,14 @@ def run_distillation(
     tower_config: TowerConfig | None = None,
     status: Status | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Train the teacher (unless ``none``), fit step 1, distil into the towers; write ``out``."""
+    """Train the teacher (unless ``none``), fit step 1, distil into the towers; write ``out``.
+
+    ``out`` may be new, empty, or an earlier (possibly unfinished) distillation run; anything else is
+    refused before any work unless ``overwrite``. A run that fails before it has written anything
+    leaves no ``out`` behind.
+    """
     from avret.data.registry import dataset_ref
 
     cfg = config or DistillConfig()
@@ -167,6 +173,11 @@ def run_distillation(
         raise AvretError(f"--method '{cfg.method}': expected one of {sorted(METHODS)}")
     _check_student_options(cfg)
     out = Path(out)
+    check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)
+    resolve_device(tcfg.device)  # a bad --device fails here, before anything is written
+    if overwrite and out.exists() and not any((out / m).is_file() for m in RUN_MARKERS):
+        # an explicit --overwrite of something that is not a run: start from an empty directory
+        _discard(out)
     if (out / "run.json").is_file() and (out / "model" / "config.json").is_file():
         done = json.loads((out / "run.json").read_text())
         same = done.get("distill_config") == json.loads(json.dumps(asdict(cfg))) and \
@@ -183,7 +194,29 @@ def run_distillation(
         from avret.distill.teacher import require_teacher_view
 
         require_teacher_view(dataset)  # before anything is written
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _distill_into(dataset, out, cfg, tcfg, tower_config, say, progress, ref)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nothing was written: leave no empty --out behind
+        raise
+
+
+def _discard(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _distill_into(dataset: AVDataset, out: Path, cfg: DistillConfig, tcfg: TrainConfig,
+                  tower_config: TowerConfig | None, say: Status,
+                  progress: Callable[[int, int, dict[str, float]], None] | None, ref: str) -> Path:
+    """The body of :func:`run_distillation` once ``out`` exists."""
     teacher_out, teacher_info = None, {}
     if cfg.method in NEEDS_TEACHER:
         teacher_out, teacher_info = _teacher_outputs(dataset, cfg, out, tcfg.seed, say, ref, tcfg.device,

@@ -15,7 +15,7 @@ from avret.data.registry import dataset_ref
 from avret.errors import DataError
 from avret.index.store import AVIndex
 from avret.models.base import Embedder
-from avret.utils.atomic import atomic_dir
+from avret.utils.atomic import INDEX_MARKERS, atomic_dir, check_output
 
 GALLERY_FOR = {"audio-to-video": "visual", "video-to-audio": "audio"}
 QUERY_FOR = {"audio-to-video": "audio", "video-to-audio": "visual"}
@@ -31,8 +31,14 @@ def build_indexes(
     factory: str = "Flat",
     device: str = "auto",
     progress: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, AVIndex]:
-    """Embed ``dataset``'s ``split`` with ``model`` and write one index per modality under ``out``."""
+    """Embed ``dataset``'s ``split`` with ``model`` and write one index per modality under ``out``.
+
+    ``out`` may only replace an earlier index root unless ``overwrite``, and never the model it reads.
+    """
+    check_output(out, "index root", INDEX_MARKERS, overwrite=overwrite,
+                 reads=(model.path.parent if model.path and Path(model.path).name == "model" else model.path,))
     gallery = dataset.subset(split)
     if len(gallery) == 0:
         raise DataError(f"{dataset.name}: split '{split}' has no clips to index")

@@ -17,6 +17,7 @@ from avret.models.cca import CCAModel
 from avret.models.towers import TowerConfig
 from avret.train.loop import Progress
 from avret.train.towers import TrainConfig, TrainResult, ValMetric, mean_map, train_towers
+from avret.utils.atomic import RUN_MARKERS, check_output
 
 CCA_COMPONENTS = (8, 16, 32, 64, 128)
 CCA_REGS = (1e-3, 1e-2, 1e-1)
@@ -72,8 +73,13 @@ def train_run(
     train_config: TrainConfig | None = None,
     tower_config: TowerConfig | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Train a retrieval model without distillation and write its run directory."""
+    """Train a retrieval model without distillation and write its run directory.
+
+    ``out`` may only replace an earlier run directory unless ``overwrite`` (checked before training).
+    """
+    check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)
     cfg = train_config or TrainConfig()
     if model_type == "cca":
         model, selection = fit_cca_selected(dataset, seed=cfg.seed, val_fraction=cfg.val_fraction)

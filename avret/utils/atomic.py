@@ -17,6 +17,47 @@ from typing import Any
 
 import numpy as np
 
+from avret.errors import AvretError
+
+# What marks a directory as an earlier output of each kind (any one of these files).
+RUN_MARKERS = ("run.json", "step1.json", "teacher/config.json", "train_state/key.json", "training.json")
+INDEX_MARKERS = ("visual/manifest.json", "audio/manifest.json")
+
+
+def check_output(path: str | os.PathLike[str], kind: str, markers: tuple[str, ...], *, overwrite: bool = False,
+                 reads: tuple[str | os.PathLike[str] | None, ...] = ()) -> None:
+    """Refuse an output location whose replacement could lose something of the user's.
+
+    ``path`` may be new, an empty directory, or an earlier output of the same ``kind`` (it holds one
+    of ``markers``); anything else — a regular file, a directory of other files, ``.`` — is refused
+    with a one-line :class:`AvretError` unless ``overwrite``. ``reads`` are the command's own inputs
+    (the model an index is built from): an output that is, holds or lies inside one of them is always
+    refused.
+    Call it before any work is done, so a refused command has spent nothing and written nothing.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    for inp in reads:
+        if inp is None:
+            continue
+        src = Path(inp).resolve()
+        if resolved == src or resolved in src.parents or src in resolved.parents:
+            raise AvretError(f"--out {path}: it is, holds or lies inside {inp}, which this command reads; "
+                             "choose another --out")
+    if not path.exists() and not path.is_symlink():
+        return
+    if overwrite:
+        return
+    hint = "choose another --out, or pass --overwrite to replace it"
+    if not path.is_dir():
+        raise AvretError(f"--out {path}: exists and is not a directory; refusing to replace it ({hint})")
+    if not any(path.iterdir()):
+        return
+    if any((path / m).is_file() for m in markers):
+        return
+    raise AvretError(f"--out {path}: exists and is not an earlier {kind} (it holds none of "
+                     f"{', '.join(markers)}); refusing to replace it ({hint})")
+
 
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:

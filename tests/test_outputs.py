@@ -1,0 +1,86 @@
+"""Nothing of the user's is replaced: --out may only replace an earlier output of the same kind.
+
+The data-loss cases of the reliability issue, through the CLI: a directory of the user's files, a
+regular file, the model run an index is built from. Each is refused with one line and exit 2 before
+any work, leaving everything as it was; ``--overwrite`` is the explicit way to replace.
+"""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+
+SYNTH = ["--synth-clips", "200", "--synth-seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def model_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("m") / "run"
+    res = CliRunner().invoke(app, ["train", "--out", str(out), *SYNTH, "--epochs", "1", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _refused(res, *needles):
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in res.output, res.output
+    for n in needles:
+        assert n in errors[0]
+
+
+@pytest.mark.parametrize("command", [
+    ["index", "build", "--model", "{model}"],
+    ["train", *SYNTH, "--epochs", "1"],
+    ["distill", "--method", "none", *SYNTH, "--epochs", "1"],
+    ["sentiment", "train", "--data", "{model}/no-such-label.csv"],  # refused before any data is read
+])
+def test_a_directory_of_user_files_is_never_replaced(tmp_path, model_run, command):
+    victim = tmp_path / "v"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("precious")
+    args = [a.replace("{model}", str(model_run)) for a in command]
+    _refused(CliRunner().invoke(app, [*args, "--out", str(victim)]), str(victim), "--overwrite")
+    assert (victim / "thesis.txt").read_text() == "precious" and sorted(p.name for p in victim.iterdir()) == [
+        "thesis.txt"]
+    file_out = tmp_path / "notes.txt"
+    file_out.write_text("mine")
+    _refused(CliRunner().invoke(app, [*args, "--out", str(file_out)]), "not a directory")
+    assert file_out.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "v"]  # nothing new beside them
+
+
+def test_an_index_is_never_written_over_its_own_model(model_run):
+    before = sorted(p.relative_to(model_run) for p in model_run.rglob("*"))
+    for out in (model_run, model_run / "model"):
+        res = CliRunner().invoke(app, ["index", "build", "--model", str(model_run), "--out", str(out),
+                                       "--overwrite"])
+        _refused(res, "which this command reads")
+    assert sorted(p.relative_to(model_run) for p in model_run.rglob("*")) == before
+
+
+def test_earlier_outputs_of_the_same_kind_are_replaced_and_overwrite_is_explicit(tmp_path, model_run):
+    idx = tmp_path / "idx"
+    for _ in range(2):  # the second build replaces the first index
+        res = CliRunner().invoke(app, ["index", "build", "--model", str(model_run), "--out", str(idx)])
+        assert res.exit_code == 0, res.output
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "old.txt").write_text("x")
+    res = CliRunner().invoke(app, ["index", "build", "--model", str(model_run), "--out", str(other), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert (other / "visual" / "manifest.json").is_file() and not (other / "old.txt").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(app, ["train", "--out", str(empty), *SYNTH, "--epochs", "1", "--model-type", "cca"])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_failed_distill_leaves_no_empty_out(tmp_path):
+    out = tmp_path / "d"
+    res = CliRunner().invoke(app, ["distill", "--method", "none", *SYNTH, "--epochs", "1", "--out", str(out),
+                                   "--device", "tpu"])
+    assert res.exit_code == 2
+    assert not out.exists()
