@@ -134,7 +134,38 @@ class TeacherConfig:
         return asdict(self)
 
 
-class VideoAdviserTeacher(PretrainedMixin, nn.Module):
+class FrozenClipCheckpoint(PretrainedMixin):
+    """The checkpoint hooks of a teacher over a frozen CLIP: only its own weights are saved.
+
+    A subclass defines ``own_state_dict()`` (everything but the frozen CLIP text tower) and is built
+    as ``cls(config, clip_model=...)``; the CLIP is referenced by the config and reloaded on load.
+    """
+
+    def own_state_dict(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def load_own_state_dict(self, state: dict[str, torch.Tensor], where: str | Path = "state dict") -> None:
+        """Load :meth:`own_state_dict` tensors; ModelError names the first missing/mismatched key."""
+        check_state(self.own_state_dict(), state, Path(where))
+        self.load_state_dict(state, strict=False)  # type: ignore[attr-defined]
+
+    def weights_for_save(self) -> dict[str, torch.Tensor]:
+        return self.own_state_dict()
+
+    def load_weights(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
+        self.load_own_state_dict(tensors, where)
+
+    @classmethod
+    def from_config(cls, config: Any, path: Path | None = None, *, clip_weights: str | None = None,
+                    clip_model: nn.Module | None = None) -> Any:
+        """Build the teacher of ``config``; ``clip_weights`` overrides the stored CLIP weights path (the
+        file moved; its fingerprint must still match), ``clip_model`` passes an already loaded CLIP."""
+        if clip_weights is not None:
+            config.clip_weights = str(clip_weights)
+        return cls(config, clip_model=clip_model)
+
+
+class VideoAdviserTeacher(FrozenClipCheckpoint, nn.Module):
     """CLIP-based VideoAdviser teacher: ``forward(frames, mask, audio=None) -> logits (B, C)``.
 
     Args:
@@ -287,27 +318,6 @@ class VideoAdviserTeacher(PretrainedMixin, nn.Module):
     def own_state_dict(self) -> dict[str, torch.Tensor]:
         """The teacher's own weights (everything but the frozen CLIP), as saved in ``model.safetensors``."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("text_encoder.")}
-
-    def load_own_state_dict(self, state: dict[str, torch.Tensor], where: str | Path = "state dict") -> None:
-        """Load :meth:`own_state_dict` tensors; ModelError names the first missing/mismatched key."""
-        check_state(self.own_state_dict(), state, Path(where))
-        self.load_state_dict(state, strict=False)
-
-    # the checkpoint format's hooks (avret.io.PretrainedMixin): only the teacher's own weights
-    def weights_for_save(self) -> dict[str, torch.Tensor]:
-        return self.own_state_dict()
-
-    def load_weights(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
-        self.load_own_state_dict(tensors, where)
-
-    @classmethod
-    def from_config(cls, config: TeacherConfig, path: Path | None = None, *, clip_weights: str | None = None,
-                    clip_model: nn.Module | None = None) -> VideoAdviserTeacher:
-        """Build the teacher of ``config``; ``clip_weights`` overrides the stored CLIP weights path (the
-        file moved; its fingerprint must still match), ``clip_model`` passes an already loaded CLIP."""
-        if clip_weights is not None:
-            config.clip_weights = str(clip_weights)
-        return cls(config, clip_model=clip_model)
 
     def metadata(self) -> dict[str, Any]:
         """Run metadata: which CLIP (``clip_weights: "random-init"`` when random), what the teacher sees."""

@@ -29,6 +29,7 @@ from torch import nn
 
 from avret.distill.teacher import (
     ArrayLike,
+    FrozenClipCheckpoint,
     Progress,
     TeacherConfig,
     TeacherFit,
@@ -37,7 +38,6 @@ from avret.distill.teacher import (
     fit_history,
 )
 from avret.errors import DataError, ModelError
-from avret.io import PretrainedMixin, check_state
 from avret.train.loop import fit
 
 SENTIMENT_LEVELS = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
@@ -135,7 +135,7 @@ class SentimentTeacherConfig(TeacherConfig):
     levels: list[float] = field(default_factory=lambda: list(SENTIMENT_LEVELS))
 
 
-class SentimentTeacher(PretrainedMixin, nn.Module):
+class SentimentTeacher(FrozenClipCheckpoint, nn.Module):
     """A :class:`VideoAdviserTeacher` over sentiment levels + :class:`SentimentRegressionHead`.
 
     ``forward(frames, mask) -> score (B,)``; ``logits(frames, mask) -> (B, K)``. Build it with
@@ -233,24 +233,6 @@ class SentimentTeacher(PretrainedMixin, nn.Module):
         out = {f"teacher.{k}": v for k, v in self.teacher.own_state_dict().items()}
         out.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
         return out
-
-    def load_own_state_dict(self, state: dict[str, torch.Tensor], where: str | Path = "state dict") -> None:
-        check_state(self.own_state_dict(), state, Path(where))
-        self.load_state_dict(state, strict=False)
-
-    # the checkpoint format's hooks (avret.io.PretrainedMixin): only the teacher's own weights
-    def weights_for_save(self) -> dict[str, torch.Tensor]:
-        return self.own_state_dict()
-
-    def load_weights(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
-        self.load_own_state_dict(tensors, where)
-
-    @classmethod
-    def from_config(cls, config: SentimentTeacherConfig, path: Path | None = None, *,
-                    clip_weights: str | None = None, clip_model: nn.Module | None = None) -> SentimentTeacher:
-        if clip_weights is not None:
-            config.clip_weights = str(clip_weights)
-        return cls(config, clip_model=clip_model)
 
     def metadata(self) -> dict[str, Any]:
         meta = self.teacher.metadata()
