@@ -36,7 +36,7 @@ from avret.distill.video_encoder import POOLINGS, VideoEncoder
 from avret.errors import DataError, ModelError
 from avret.io import PretrainedMixin, check_state
 from avret.models.clip import RANDOM_INIT, clip_embed_dim, load_clip, load_clip_tokenizer, tensor_fingerprint
-from avret.train.loop import FitConfig, FitResult, fit
+from avret.train.loop import FitConfig, FitResult, OptimSettings, fit
 
 if TYPE_CHECKING:
     from avret.data.dataset import AVDataset
@@ -448,18 +448,13 @@ def train_teacher(
 
 
 @dataclass
-class TeacherFit:
+class TeacherFit(OptimSettings):
     """How a teacher (VideoAdviser or sentiment) is optimised: AdamW on its own parameters, :func:`fit`."""
 
     epochs: int = 20
     lr: float = 2e-3
-    batch_size: int = 64
-    seed: int = 0
     patience: int = 5
-    weight_decay: float = 0.0
     num_threads: int | None = None
-    device: str = "auto"
-    precision: str = "fp32"
 
     @classmethod
     def of(cls, options: dict[str, Any]) -> TeacherFit:

@@ -34,13 +34,13 @@ from avret.sentiment.data import SentimentExample, by_split, write_teacher_score
 from avret.sentiment.distill import LOSSES, distillation_loss
 from avret.sentiment.metrics import json_safe, sentiment_metrics
 from avret.sentiment.student import SentimentStudent
-from avret.train.loop import PRECISIONS, Callback, FitConfig, FitState, fit
+from avret.train.loop import PRECISIONS, Callback, FitConfig, FitState, OptimSettings, fit
 from avret.utils.device import resolve_device
 from avret.utils.seeding import seed_everything
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(OptimSettings):
     """Fine-tuning hyper-parameters (defaults: tuned on MOSI dev with the MiniLM encoder).
 
     ``freeze_embeddings`` keeps the (large, 30k-row) token embedding table fixed: on MOSI's 1.3k
@@ -72,14 +72,11 @@ class TrainConfig:
     loss: str = "l1"
     alpha: float = 0.5
     distill_loss: str = "l1"
-    seed: int = 0
     eval_batch_size: int = 128
     freeze_embeddings: bool = True
     head_init: str = "mean"
     bucket_batches: int = 16
     threads: int = 1
-    device: str = "auto"
-    precision: str = "fp32"
 
     def validate(self) -> None:
         """Raise ValueError on nonsensical settings (the CLI turns them into one-line errors)."""

@@ -61,6 +61,20 @@ STATE_FILE = "train_state.pt"
 
 
 @dataclass
+class OptimSettings:
+    """The optimisation settings every trained model's config starts from (it adds its own, and may
+    change these defaults); :class:`FitConfig` is what the loop itself is given."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+
+
+@dataclass
 class FitConfig:
     """How :func:`fit` runs (the optimizer and the objective are handed in separately).
 

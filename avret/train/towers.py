@@ -22,7 +22,7 @@ from avret.data.dataset import AVDataset
 from avret.errors import DataError
 from avret.losses.retrieval import RetrievalObjective
 from avret.models.towers import AVTowers, TowerConfig
-from avret.train.loop import FitConfig, Progress, fit
+from avret.train.loop import FitConfig, OptimSettings, Progress, fit
 from avret.utils.seeding import seed_everything
 
 # (audio embeddings, visual embeddings, labels, class names) -> mean of A→V and V→A mAP
@@ -30,20 +30,16 @@ ValMetric = Callable[[np.ndarray, np.ndarray, np.ndarray, list[str]], float]
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(OptimSettings):
     """Optimisation settings of the towers (``device``/``precision``: see :class:`FitConfig`)."""
 
     epochs: int = 80
     batch_size: int = 256
-    lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.1
     classifier_weight: float = 0.5
     patience: int = 12
     val_fraction: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
 
 
 @dataclass
