@@ -323,3 +323,26 @@ def test_index_path_for(built: AVIndex, tmp_path: Path) -> None:
     with pytest.raises(IndexError_, match="does not exist"):
         index_path_for(tmp_path / "missing", "visual")
     shutil.rmtree(single)
+
+
+def test_a_forged_index_header_is_refused_before_faiss_allocates(saved: Path) -> None:
+    """A small file whose header or code length claims far more than the manifest is refused up front."""
+    import resource
+    import struct
+
+    ipath = saved / "index.faiss"
+    good = ipath.read_bytes()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    forged_codes = good[:37] + struct.pack("<Q", 2**29) + good[45:]  # the flat codes' length prefix
+    forged_count = good[:8] + struct.pack("<q", 2**36) + good[16:]  # the header's ntotal
+    for forged, match in ((forged_codes, "claims 536870912 codes"), (forged_count, "holds 68719476736 vectors")):
+        ipath.write_bytes(forged)
+        with pytest.raises(IndexError_, match=match) as exc:
+            AVIndex.load(saved)
+        assert "\n" not in str(exc.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 200_000  # KiB: no 2 GiB allocation
+    ipath.write_bytes(good[:-4])  # truncated: the size no longer fits count x dim
+    with pytest.raises(IndexError_, match="bytes"):
+        AVIndex.load(saved)
+    ipath.write_bytes(good)
+    assert AVIndex.load(saved).count > 0

@@ -84,3 +84,19 @@ def test_a_failed_distill_leaves_no_empty_out(tmp_path):
                                    "--device", "tpu"])
     assert res.exit_code == 2
     assert not out.exists()
+
+
+def test_outputs_follow_the_umask(tmp_path, model_run):
+    """A shared index or run directory is readable by the group/others the umask allows (not 0700/0600)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        res = CliRunner().invoke(app, ["index", "build", "--model", str(model_run), "--out", str(tmp_path / "i")])
+        assert res.exit_code == 0, res.output
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path): stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "i").rglob("*")}
+    modes[tmp_path / "i"] = stat.S_IMODE((tmp_path / "i").stat().st_mode)
+    assert modes and all(m == (0o755 if (tmp_path / p).is_dir() else 0o644) for p, m in modes.items()), modes

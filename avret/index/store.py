@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,41 @@ class SearchResult:
                 )
             out.append(recs)
         return out
+
+
+# FAISS's index header: fourcc, d (int32), ntotal (int64), two int64 fields, is_trained (bool),
+# metric_type (int32). A flat index then stores its codes as a length prefix (uint64, in floats) and
+# ntotal * d float32 values.
+_HEADER = struct.Struct("<4siqqq?i")
+_FLAT_FOURCCS = (b"IxFI", b"IxF2")
+
+
+def check_index_file(ipath: Path, dim: int, count: int) -> None:
+    """Check ``index.faiss``'s header against the manifest before FAISS reads (and allocates) anything.
+
+    FAISS trusts the sizes in the file: a small forged file whose header claims 2^29 vectors makes
+    it allocate gigabytes before failing. The header's dimension and vector count must equal the
+    manifest's, and for the exact (flat) indexes the stored code length and the file size must be
+    exactly what ``count x dim`` float32 take. Other factories are checked on the header only.
+    """
+    size = ipath.stat().st_size
+    with open(ipath, "rb") as fh:
+        head = fh.read(_HEADER.size + 8)
+    if len(head) < _HEADER.size:
+        raise IndexError_(f"{ipath}: not a readable FAISS index ({size} bytes, too short for its header)")
+    fourcc, d, ntotal, _, _, _, _ = _HEADER.unpack_from(head)
+    mpath = ipath.parent / MANIFEST_FILE
+    if d != dim:
+        raise IndexError_(f"{mpath}: field 'dim' is {dim} but {INDEX_FILE} has dimension {d} (its header)")
+    if ntotal != count:
+        raise IndexError_(f"{mpath}: field 'count' is {count} but {INDEX_FILE} holds {ntotal} vectors "
+                          "(its header)")
+    if fourcc in _FLAT_FOURCCS:
+        expected = _HEADER.size + 8 + 4 * count * dim
+        n_codes = struct.unpack_from("<Q", head, _HEADER.size)[0] if len(head) >= _HEADER.size + 8 else -1
+        if n_codes != count * dim or size != expected:
+            raise IndexError_(f"{ipath}: a flat index of {count} x {dim} floats takes {expected} bytes with "
+                              f"{count * dim} codes; this file has {size} bytes and claims {n_codes} codes")
 
 
 class AVIndex:
@@ -317,6 +353,7 @@ class AVIndex:
         ipath = path / INDEX_FILE
         if not ipath.is_file():
             raise IndexError_(f"index {path} is missing {INDEX_FILE}")
+        check_index_file(ipath, manifest.dim, manifest.count)
         try:
             index = faiss.read_index(str(ipath))
         except RuntimeError as exc:

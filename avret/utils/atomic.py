@@ -59,6 +59,13 @@ def check_output(path: str | os.PathLike[str], kind: str, markers: tuple[str, ..
                      f"{', '.join(markers)}); refusing to replace it ({hint})")
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Yield a fresh temporary directory that becomes ``final`` when the block succeeds.
@@ -68,6 +75,7 @@ def atomic_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterato
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; outputs follow the user's umask
     try:
         yield tmp
         if final.exists():
@@ -92,6 +100,7 @@ def atomic_file(final: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the user's umask
     try:
         with open(tmp, mode) as fh:
             yield fh
