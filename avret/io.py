@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from avret.errors import ModelError
-from avret.utils.atomic import atomic_dir
+from avret.utils.atomic import atomic_dir, recover_output
 from avret.utils.versions import library_versions, utc_timestamp
 
 FORMAT_VERSION = 1
@@ -293,6 +293,7 @@ def model_class(model_type: str, where: Path | str = "config.json") -> type:
 def model_dir(path: str | Path) -> Path:
     """``path`` itself when it is a model directory, ``path/model`` when it is a run directory."""
     path = Path(path)
+    recover_output(path)  # a writer killed between its two renames left the old output aside
     if path.is_dir() and not (path / CONFIG_NAME).exists() and (path / MODEL_DIR / CONFIG_NAME).exists():
         return path / MODEL_DIR
     return path

@@ -100,3 +100,44 @@ def test_outputs_follow_the_umask(tmp_path, model_run):
     modes = {p.relative_to(tmp_path): stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "i").rglob("*")}
     modes[tmp_path / "i"] = stat.S_IMODE((tmp_path / "i").stat().st_mode)
     assert modes and all(m == (0o755 if (tmp_path / p).is_dir() else 0o644) for p, m in modes.items()), modes
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_writer_killed_between_its_renames_loses_nothing(tmp_path, model_run):
+    """Crash states of the two-rename replace: the old complete output comes back, leftovers go."""
+    import shutil
+
+    from avret.io import load_model
+
+    idx = tmp_path / "idx"
+    assert CliRunner().invoke(app, ["index", "build", "--model", str(model_run), "--out", str(idx)]).exit_code == 0
+    pid = _dead_pid()
+    # killed after "old aside", before "new in": no idx, the old one inside .idx.old-<pid>-*/x
+    aside = tmp_path / f".idx.old-{pid}-abc"
+    aside.mkdir()
+    idx.rename(aside / "x")
+    (tmp_path / f".idx.tmp-{pid}-def").mkdir()  # and the dead writer's half-written new output
+    (tmp_path / f".idx.tmp-{pid}-def" / "junk").write_text("half")
+    live = tmp_path / f".idx.tmp-{__import__('os').getpid()}-live"  # a live writer's temp is left alone
+    live.mkdir()
+    res = CliRunner().invoke(app, ["search", "audio-to-video", "--index", str(idx), "--query", "synth_000001",
+                                   "-k", "3"])
+    assert res.exit_code == 0, res.output  # the reader repaired it
+    assert (idx / "visual" / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", live.name])
+    shutil.rmtree(live)
+    # the same for a model run: the reader restores it
+    copy = tmp_path / "run"
+    shutil.copytree(model_run, copy)
+    aside = tmp_path / f".run.old-{pid}-x1"
+    aside.mkdir()
+    copy.rename(aside / "x")
+    assert load_model(copy).embed_dim > 0 and not aside.exists()

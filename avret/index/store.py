@@ -47,7 +47,7 @@ from avret.index.manifest import (
     MODALITIES,
     IndexManifest,
 )
-from avret.utils.atomic import atomic_dir, write_json
+from avret.utils.atomic import atomic_dir, recover_output, write_json
 
 #: Queries are searched in chunks of this many rows, bounding temporary memory (GPU especially).
 SEARCH_BATCH = 16384
@@ -315,6 +315,8 @@ class AVIndex:
         (dim, count, metric). The cheap checks run before the index file is read.
         """
         path = Path(path)
+        recover_output(path.parent)  # the index root, if a writer was killed between its renames
+        recover_output(path)
         if not path.exists():
             raise IndexError_(f"index directory {path} does not exist")
         if not path.is_dir():
@@ -451,6 +453,7 @@ def index_path_for(root: str | os.PathLike[str], modality: str) -> Path:
     if modality not in MODALITIES:
         raise AvretError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
     root = Path(root)
+    recover_output(root)  # a writer killed between its two renames left the old index aside
     if not root.exists():
         raise IndexError_(f"index directory {root} does not exist")
     if not root.is_dir():

@@ -66,27 +66,106 @@ def current_umask() -> int:
     return mask
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _leftovers(final: Path, kind: str) -> list[tuple[Path, int | None]]:
+    """``.NAME.<kind>-<pid>-*`` siblings of ``final`` with the pid of the process that made them."""
+    out = []
+    for p in final.parent.glob(f".{glob_escape(final.name)}.{kind}-*"):
+        pid = p.name[len(f".{final.name}.{kind}-"):].split("-", 1)[0]
+        out.append((p, int(pid) if pid.isdigit() else None))
+    return out
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters escaped."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def recover_output(final: str | os.PathLike[str]) -> None:
+    """Repair what a process killed inside :func:`atomic_dir` left around ``final``.
+
+    The replace is two renames (old output aside, new output in). A crash between them leaves no
+    ``final`` but a complete old output in ``.NAME.old-<pid>-*/x``: it is moved back. Temporaries
+    of dead processes (``.NAME.tmp-<pid>-*``, ``.NAME.old-<pid>-*``) are removed; those of live
+    processes are left alone. Called before every atomic write and by the readers of outputs.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    for old, pid in _leftovers(final, "old"):
+        if pid is not None and _pid_alive(pid):
+            continue
+        if not final.exists() and (old / "x").exists():
+            os.replace(old / "x", final)
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp, pid in _leftovers(final, "tmp"):
+        if pid is not None and not _pid_alive(pid):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (so a renamed output survives a power loss)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Yield a fresh temporary directory that becomes ``final`` when the block succeeds.
 
-    On any exception the temporary directory is removed and ``final`` is untouched.
+    On any exception the temporary directory is removed and ``final`` is untouched. The new output
+    is fsynced before it is renamed into place; leftovers of killed writers are repaired first
+    (:func:`recover_output`), so ``final`` always holds the old complete output or the new one.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    recover_output(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; outputs follow the user's umask
     try:
         yield tmp
-        if final.exists():
+        fsync_tree(tmp)
+        if final.exists() or final.is_symlink():
             if not overwrite:
                 raise FileExistsError(f"{final} already exists")
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-{os.getpid()}-", dir=final.parent))
             os.replace(final, old / "x")
             os.replace(tmp, final)
+            fsync_dir(final.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+            fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -97,13 +176,16 @@ def atomic_file(final: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]
     """Open a temporary sibling of ``final`` for writing; rename it into place on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    recover_output(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.chmod(0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the user's umask
     try:
         with open(tmp, mode) as fh:
             yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
