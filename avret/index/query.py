@@ -57,6 +57,30 @@ def open_index(
     return index, embedder
 
 
+def load_query_array(path: Path) -> np.ndarray:
+    """Query feature rows from a ``.npy`` file: a real-valued ``(D,)`` or ``(n, D)`` array, n >= 1.
+
+    Anything else — pickled objects, strings, complex numbers, a 0-d or 3-d array, no rows, a file
+    that is not ``.npy`` at all — is a one-line :class:`QueryError`; nothing is ever unpickled.
+    """
+    try:
+        feats = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        reason = ("holds pickled objects" if "Object arrays" in str(exc)
+                  else "not a .npy file, or pickled data" if "pickle" in str(exc) else "unreadable or empty")
+        raise QueryError(f"{path}: not a numeric .npy array ({reason}); expected float rows (n, D)") from None
+    if not isinstance(feats, np.ndarray):
+        raise QueryError(f"{path}: not a single .npy array; expected float rows (n, D)")
+    if not (np.issubdtype(feats.dtype, np.floating) or np.issubdtype(feats.dtype, np.integer)):
+        raise QueryError(f"{path}: dtype {feats.dtype}; expected real numbers (float rows (n, D))")
+    if feats.ndim not in (1, 2):
+        raise QueryError(f"{path}: shape {feats.shape}; expected (D,) or (n, D)")
+    feats = feats[None, :] if feats.ndim == 1 else feats
+    if len(feats) == 0:
+        raise QueryError(f"{path}: shape {feats.shape} holds no query rows; expected at least one")
+    return feats.astype(np.float32)
+
+
 def query_features(
     query: str, direction: str, index: AVIndex, embedder: Embedder, dataset: str | None = None,
     data: str | None = None, media_config: str | Path | None = None,
@@ -67,8 +91,7 @@ def query_features(
     if path.suffix.lower() == ".npy":
         if not path.is_file():
             raise QueryError(f"{path}: query feature file not found")
-        feats = np.load(path, allow_pickle=False)
-        feats = feats[None, :] if feats.ndim == 1 else feats
+        feats = load_query_array(path)
         return [f"{path.name}[{i}]" for i in range(len(feats))], feats
     if path.suffix.lower() in MEDIA_SUFFIXES:
         if not path.is_file():
@@ -84,8 +107,10 @@ def query_features(
     spec = dataset or index.manifest.dataset
     if spec is None:
         raise QueryError(f"query '{query}': clip-id queries need --dataset (index records none)")
-    ds = load_dataset(spec, data)
     ids = [q.strip() for q in query.split(",") if q.strip()]
+    if not ids:
+        raise QueryError(f"query {query!r}: expected a clip id (or several, comma-separated), a .npy file or media")
+    ds = load_dataset(spec, data)
     try:
         rows = ds.rows_of(ids)
     except Exception as exc:
