@@ -56,3 +56,21 @@ def test_a_bad_query_file_is_one_line_exit_2(tmp_path, index_root, kind):
 def test_an_empty_clip_id_query_is_refused(index_root, query):
     res = CliRunner().invoke(app, ["search", "video-to-audio", "--index", str(index_root), "--query", query])
     assert res.exit_code == 2 and "expected a clip id" in res.output, res.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--synth-clips", "-5"], "--synth-clips"),
+    (["train", "--synth-clips", "1000000000"], "--synth-clips"),
+    (["distill", "--method", "kd", "--synth-clips", "200", "--weight", "nan"], "--weight nan"),
+])
+def test_bad_numbers_are_refused_before_any_work(tmp_path, args, needle):
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_json_out_naming_a_directory_is_refused(tmp_path, index_root):
+    run = index_root.parent / "run"
+    res = CliRunner().invoke(app, ["eval", "--model", str(run), "--json-out", str(tmp_path)])
+    assert res.exit_code == 2 and "is a directory" in res.output, res.output
+    assert list(tmp_path.iterdir()) == []

@@ -50,6 +50,7 @@ import numpy as np
 
 from avret.data.dataset import AVDataset
 from avret.data.h5 import VEGAS_CLASSES
+from avret.errors import DataError
 
 # Illustrative relative class sizes (sum 1); see the module docstring.
 CLASS_PROPORTIONS = np.array([0.078, 0.090, 0.104, 0.118, 0.124, 0.101, 0.074, 0.137, 0.077, 0.097])
@@ -124,9 +125,15 @@ def _class_sizes(n: int) -> np.ndarray:
     return sizes
 
 
+MIN_SYNTH_CLIPS, MAX_SYNTH_CLIPS = 50, 1_000_000  # a few clips per class .. what fits a 24 GiB machine
+
+
 def make_vegas_synth(config: SynthConfig | None = None) -> AVDataset:
     """Generate the synthetic data set described in the module docstring (deterministic)."""
     cfg = config or SynthConfig()
+    if not isinstance(cfg.n_clips, int) or not MIN_SYNTH_CLIPS <= cfg.n_clips <= MAX_SYNTH_CLIPS:
+        raise DataError(f"vegas-synth n_clips (--synth-clips) is {cfg.n_clips}; "
+                        f"expected {MIN_SYNTH_CLIPS}..{MAX_SYNTH_CLIPS}")
     rng = np.random.default_rng(cfg.seed)
     n_cls, d = len(VEGAS_CLASSES), cfg.latent_dim
 

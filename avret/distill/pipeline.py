@@ -17,6 +17,7 @@ selected on the same validation split carved from ``train``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -121,6 +122,8 @@ def _check_student_options(cfg: DistillConfig) -> None:
         raise AvretError(f"--student-target '{cfg.student_target}': expected 'pairwise' or 'per-clip'")
     if cfg.relevance_loss not in RELEVANCE_LOSSES:
         raise AvretError(f"--relevance-loss '{cfg.relevance_loss}': expected one of {', '.join(RELEVANCE_LOSSES)}")
+    if cfg.weight is not None and not (math.isfinite(cfg.weight) and cfg.weight >= 0):
+        raise AvretError(f"--weight {cfg.weight}: expected a finite number >= 0")
 
 
 def _towers_state_dir(out: Path, key: dict[str, Any], say: Status) -> Path:

@@ -175,6 +175,8 @@ def atomic_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterato
 def atomic_file(final: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
     """Open a temporary sibling of ``final`` for writing; rename it into place on success."""
     final = Path(final)
+    if final.is_dir():
+        raise AvretError(f"{final}: is a directory; expected the path of a file to write")
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_output(final)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent)
