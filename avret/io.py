@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from avret.errors import ModelError
-from avret.utils.atomic import atomic_dir, recover_output
+from avret.utils.atomic import atomic_dir, json_default, recover_output
 from avret.utils.versions import library_versions, utc_timestamp
 
 FORMAT_VERSION = 1
@@ -329,7 +329,7 @@ def write_run(out: str | Path, model: Any, metadata: Mapping[str, Any],
         doc = {"format_version": FORMAT_VERSION, "model_type": model.model_type,
                "created_at": utc_timestamp(), "versions": library_versions(), **metadata,
                "model_fingerprint": model.fingerprint(), "files": run_files(tmp)}
-        (tmp / RUN_FILE).write_text(json.dumps(doc, indent=2, default=_json_default) + "\n", encoding="utf-8")
+        (tmp / RUN_FILE).write_text(json.dumps(doc, indent=2, default=json_default) + "\n", encoding="utf-8")
     model.path = out / MODEL_DIR
     return out
 
@@ -362,13 +362,3 @@ def verify_run(path: str | Path) -> list[str]:
         if not f.is_file() or file_sha256(f) != digest:
             bad.append(rel)
     return bad
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

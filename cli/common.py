@@ -34,6 +34,6 @@ def echo_json(obj: Any) -> None:
     """Print ``obj`` as JSON on stdout (for ``--json`` outputs)."""
     import json
 
-    from avret.utils.atomic import _json_default
+    from avret.utils.atomic import json_default
 
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(obj, indent=2, default=json_default) + "\n")

@@ -35,7 +35,7 @@ from avret.models.towers import TowerConfig
 from avret.train.loop import STATE_FILE
 from avret.train.runs import run_metadata, towers_metadata
 from avret.train.towers import TrainConfig, train_towers
-from avret.utils.atomic import RUN_MARKERS, check_output, write_json
+from avret.utils.atomic import RUN_MARKERS, check_output, holds_output, write_json
 from avret.utils.device import resolve_device
 from avret.utils.seeding import seed_everything
 
@@ -178,7 +178,7 @@ def run_distillation(
     out = Path(out)
     check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)
     resolve_device(tcfg.device)  # a bad --device fails here, before anything is written
-    if overwrite and out.exists() and not any((out / m).is_file() for m in RUN_MARKERS):
+    if overwrite and out.exists() and not holds_output(out, RUN_MARKERS):
         # an explicit --overwrite of something that is not a run: start from an empty directory
         _discard(out)
     if (out / "run.json").is_file() and (out / "model" / "config.json").is_file():

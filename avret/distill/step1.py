@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from avret.distill.teacher import ArrayLike, Progress, fit_history
+from avret.distill.teacher import ArrayLike, Progress, epoch_progress, fit_history
 from avret.errors import DataError, ModelError
 from avret.losses.relevance import relevance_loss, same_class_targets
 from avret.train.loop import FitConfig, fit
@@ -141,7 +141,7 @@ def fit_relevance_head(
     config = FitConfig(epochs=epochs, batch_size=batch_size, seed=seed, patience=patience, device=device,
                        min_batch_size=2, num_threads=num_threads)
     result = fit(head, loss_fn, {"p": p, "y": y}, optimizer, config, evaluate=evaluate, monitor="val_loss",
-                 mode="min", progress=None if progress is None else (lambda e, _n, r: progress(e, r)))
+                 mode="min", progress=epoch_progress(progress))
     history = fit_history(result)
     history["tau"] = float(head.tau.detach())
     return history

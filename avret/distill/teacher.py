@@ -443,7 +443,7 @@ def train_teacher(
     optimizer = opts.optimizer(teacher.trainable_parameters())
     result = fit(teacher, loss_fn, data, optimizer, opts.fit_config(), evaluate=evaluate,
                  monitor=("val_acc", "val_loss"), mode=("max", "min"), state_fn=teacher.own_state_dict,
-                 load_fn=teacher.load_own_state_dict, progress=_epoch_progress(progress))
+                 load_fn=teacher.load_own_state_dict, progress=epoch_progress(progress))
     return fit_history(result)
 
 
@@ -458,14 +458,14 @@ class TeacherFit(OptimSettings):
 
     @classmethod
     def of(cls, options: dict[str, Any]) -> TeacherFit:
-        """From keyword options; unknown names or non-positive sizes are a one-line DataError."""
+        """From keyword options; unknown names or a non-positive lr are a one-line DataError (the loop
+        checks epochs and batch size)."""
         unknown = sorted(set(options) - {f.name for f in fields(cls)})
         if unknown:
             raise DataError(f"teacher training option '{unknown[0]}' is unknown; expected TeacherFit fields")
         opts = cls(**options)
-        if opts.epochs < 1 or opts.batch_size < 1 or not opts.lr > 0:
-            raise DataError(f"epochs={opts.epochs}, batch_size={opts.batch_size}, lr={opts.lr}: "
-                            "expected positive values")
+        if not opts.lr > 0:
+            raise DataError(f"teacher lr is {opts.lr}; expected > 0")
         return opts
 
     def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -483,7 +483,8 @@ def fit_history(result: FitResult) -> dict[str, Any]:
             "precision": result.precision, "seconds": result.seconds}
 
 
-def _epoch_progress(progress: Progress | None) -> Any:
+def epoch_progress(progress: Progress | None) -> Any:
+    """Adapt a teacher's ``progress(epoch, metrics)`` to the loop's ``progress(epoch, epochs, record)``."""
     if progress is None:
         return None
     return lambda epoch, _epochs, record: progress(epoch, record)

@@ -13,12 +13,13 @@ resolved by :func:`avret.utils.device.resolve_device`.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from avret.io import file_sha256
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 _MODEL_CACHE: dict[tuple, Any] = {}
@@ -30,11 +31,7 @@ def file_fingerprint(path: str | Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _HASH_CACHE[key] = "sha256:" + h.hexdigest()
+        _HASH_CACHE[key] = "sha256:" + file_sha256(path)
     return _HASH_CACHE[key]
 
 

@@ -315,8 +315,7 @@ class AVIndex:
         (dim, count, metric). The cheap checks run before the index file is read.
         """
         path = Path(path)
-        recover_output(path.parent)  # the index root, if a writer was killed between its renames
-        recover_output(path)
+        recover_output(path)  # a writer killed between its two renames (the root: index_path_for)
         if not path.exists():
             raise IndexError_(f"index directory {path} does not exist")
         if not path.is_dir():

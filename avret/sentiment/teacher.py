@@ -35,6 +35,7 @@ from avret.distill.teacher import (
     TeacherFit,
     VideoAdviserTeacher,
     as_teacher_inputs,
+    epoch_progress,
     fit_history,
 )
 from avret.errors import DataError, ModelError
@@ -299,5 +300,5 @@ def train_sentiment_teacher(
     result = fit(model, loss_fn, {"frames": f_t, "mask": m_t, "scores": y_t}, optimizer, opts.fit_config(),
                  evaluate=evaluate, monitor=("val_mae", "val_loss"), mode="min", state_fn=model.own_state_dict,
                  load_fn=model.load_own_state_dict,
-                 progress=None if progress is None else (lambda e, _n, r: progress(e, r)))
+                 progress=epoch_progress(progress))
     return fit_history(result)

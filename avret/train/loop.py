@@ -131,13 +131,6 @@ class FitResult:
     resumed_from_epoch: int = 0
     config: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
-        """The JSON-able record of the fit (for run files)."""
-        return {"best_epoch": self.best_epoch, "best": self.best, "stopped_early": self.stopped_early,
-                "seconds": self.seconds, "device": self.device, "precision": self.precision,
-                "resumed_from_epoch": self.resumed_from_epoch, "fit_config": self.config,
-                "history": self.history}
-
 
 class Callback:
     """Hooks into :func:`fit`; override what you need."""
@@ -398,7 +391,6 @@ def _save_train_state(path: Path, state: FitState, modules: Sequence[nn.Module],
     """Everything needed to continue after ``state.epoch``, written atomically (tmp + rename)."""
     payload = {
         "epoch": state.epoch,
-        "weights": {k: v.detach().cpu() for k, v in state_fn().items()},
         "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
         "modules": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in modules],
         "optimizer": state.optimizer.state_dict(),
@@ -429,7 +421,6 @@ def _load_train_state(path: Path, state: FitState, modules: Sequence[nn.Module],
         state.model.load_state_dict(payload["model"])
         for m, saved in zip(modules, payload["modules"], strict=True):
             m.load_state_dict(saved)
-        load_fn(payload["weights"])
         state.optimizer.load_state_dict(copy.deepcopy(payload["optimizer"]))
         if scheduler is not None and payload["scheduler"] is not None:
             scheduler.load_state_dict(payload["scheduler"])

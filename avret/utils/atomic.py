@@ -24,6 +24,11 @@ RUN_MARKERS = ("run.json", "step1.json", "teacher/config.json", "train_state/key
 INDEX_MARKERS = ("visual/manifest.json", "audio/manifest.json")
 
 
+def holds_output(path: str | os.PathLike[str], markers: tuple[str, ...]) -> bool:
+    """Whether ``path`` holds one of ``markers``, i.e. is an earlier output of that kind."""
+    return any((Path(path) / m).is_file() for m in markers)
+
+
 def check_output(path: str | os.PathLike[str], kind: str, markers: tuple[str, ...], *, overwrite: bool = False,
                  reads: tuple[str | os.PathLike[str] | None, ...] = ()) -> None:
     """Refuse an output location whose replacement could lose something of the user's.
@@ -53,7 +58,7 @@ def check_output(path: str | os.PathLike[str], kind: str, markers: tuple[str, ..
         raise AvretError(f"--out {path}: exists and is not a directory; refusing to replace it ({hint})")
     if not any(path.iterdir()):
         return
-    if any((path / m).is_file() for m in markers):
+    if holds_output(path, markers):
         return
     raise AvretError(f"--out {path}: exists and is not an earlier {kind} (it holds none of "
                      f"{', '.join(markers)}); refusing to replace it ({hint})")
@@ -197,7 +202,7 @@ def atomic_file(final: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_file(path, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
+        json.dump(obj, fh, indent=2, sort_keys=False, default=json_default)
         fh.write("\n")
 
 
@@ -207,10 +212,11 @@ def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
         np.save(fh, array)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
+def json_default(obj: Any) -> Any:
+    """``json.dumps`` fallback for avret's outputs: numpy/torch scalars and arrays, paths."""
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
         return obj.item()
-    if isinstance(obj, np.ndarray):
+    if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
