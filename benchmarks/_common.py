@@ -116,3 +116,21 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Print :func:`format_table` of ``headers`` and ``rows`` to stdout."""
     print(format_table(headers, rows), flush=True)
+
+
+def load_check(max_load: float = 1.5, label: str = "") -> dict[str, Any]:
+    """Print and return the 1/5/15-minute load averages; ``flagged`` when the 1-minute one exceeds ``max_load``.
+
+    Timings taken on a busy machine are not comparable: benchmarks record this next to their numbers
+    and say so in their table.
+    """
+    try:
+        one, five, fifteen = os.getloadavg()
+    except (AttributeError, OSError):
+        return {"load_avg": None, "flagged": False}
+    flagged = one > max_load
+    note = f"  ** FLAGGED: load above {max_load}; timings are not comparable **" if flagged else ""
+    print(f"load average{(' ' + label) if label else ''}: {one:.2f} {five:.2f} {fifteen:.2f} "
+          f"on {os.cpu_count()} cores{note}", flush=True)
+    return {"load_avg": [round(one, 2), round(five, 2), round(fifteen, 2)], "flagged": flagged,
+            "max_load": max_load}

@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 from avret.index import AVIndex
-from benchmarks._common import machine_info, median_time, print_table, write_results
+from benchmarks._common import load_check, machine_info, median_time, print_table, write_results
 
 DIM = 128
 K = 10
@@ -170,7 +170,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes, runs in seconds")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--max-load", type=float, default=1.5,
+                   help="refuse to run when the 1-minute load average is above this (timings under load are not "
+                        "comparable); --force runs anyway and flags the result")
+    p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
+    load_before = load_check(args.max_load, "before")
+    if load_before["flagged"] and not args.force:
+        raise SystemExit(f"refused: load average {load_before['load_avg'][0]} > {args.max_load}; "
+                         "wait for a quiet machine or pass --force (the result is then flagged)")
     if args.quick:
         sizes, args.queries, args.singles = [2_000, 20_000], 200, 20
         args.nlist_small, args.nlist_large, args.nprobe = 32, 32, 8
@@ -219,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
             "rows": rows,
             "peak_rss_gb": peak_rss_gb(),
             "total_s": time.perf_counter() - t_start,
+            "load_before": load_before,
+            "load_after": load_check(args.max_load, "after"),
             "machine": info,
         },
     )

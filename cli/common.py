@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -10,6 +11,7 @@ from typing import Any, TypeVar
 import typer
 
 from avret.errors import AvretError
+from cli.progress import drop_status, flush_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,12 +24,35 @@ def user_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
         except AvretError as exc:
+            drop_status()  # status lines not yet written stay unwritten: the error is the one line
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
+        except BaseException:
+            flush_status()
+            raise
+        flush_status()
+        return out
 
     return wrapper  # type: ignore[return-value]
+
+
+def require_int(value: int, option: str, minimum: int = 1) -> None:
+    """One-line :class:`AvretError` (exit 2) unless ``value >= minimum``; call before any work."""
+    if value < minimum:
+        raise AvretError(f"{option} {value}: expected an integer >= {minimum}")
+
+
+def require_number(value: float, option: str, low: float = 0.0, high: float = math.inf,
+                   low_open: bool = False) -> None:
+    """One-line :class:`AvretError` unless ``value`` is finite and in ``[low, high]`` (``(low, high]``)."""
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        if math.isfinite(high):
+            bound += f" and <= {high:g}"
+        raise AvretError(f"{option} {value}: expected a finite number {bound}")
 
 
 def echo_json(obj: Any) -> None:

@@ -6,13 +6,8 @@ from pathlib import Path
 
 import typer
 
-from avret.distill.mikd import MIKD_DEFAULTS, parse_weights
-from avret.distill.msd import MSD_DEFAULTS
-from avret.distill.pipeline import DistillConfig, run_distillation
-from avret.io import read_run
-from avret.train.towers import TrainConfig
-from avret.utils.atomic import RUN_MARKERS, check_output
-from cli.common import user_errors
+from avret.distill.defaults import MIKD_DEFAULTS, MSD_DEFAULTS
+from cli.common import require_int, user_errors
 from cli.options import (
     DataOpt,
     DatasetOpt,
@@ -49,7 +44,8 @@ def distill(
     weight: float | None = typer.Option(None, "--weight", help="Weight of the distillation term "
                                         "(default: videoadviser 20, others 1)"),
     seed: int = typer.Option(0, "--seed"),
-    epochs: int = typer.Option(TrainConfig.epochs, "--epochs", help="Student (tower) epochs at most"),
+    epochs: int | None = typer.Option(None, "--epochs", help="Student (tower) epochs at most "
+                                      "(default: 80, the towers' TrainConfig)"),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
@@ -61,7 +57,16 @@ def distill(
                                    help="mi-kd: l1,l2,l3 (InfoNCE teacher-student, InfoNCE teacher-aux, adversarial)"),
 ) -> None:
     """Distil a teacher into the audio/visual towers; the deployed towers are the same for every method."""
+    from avret.distill.pipeline import DistillConfig, run_distillation
+    from avret.io import read_run
+    from avret.train.towers import TrainConfig
+    from avret.utils.atomic import RUN_MARKERS, check_output
+
     check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before the data set is built
+    epochs = TrainConfig.epochs if epochs is None else epochs
+    for value, option in ((epochs, "--epochs"), (teacher_epochs, "--teacher-epochs"),
+                          (msd_teacher_epochs, "--msd-teacher-epochs")):
+        require_int(value, option)
     ds = with_frames(open_dataset(dataset, data, synth_clips, synth_seed), frames)
     status(ds.describe())
     cfg = DistillConfig(method=method, clip_model=clip_model, clip_weights=clip_weights,
@@ -83,5 +88,7 @@ def _method_options(method: str, msd_weighting: str, msd_fusion: str, msd_teache
         return {**MSD_DEFAULTS, "msd_weighting": msd_weighting, "msd_fusion": msd_fusion,
                 "msd_teacher_epochs": msd_teacher_epochs}
     if method == "mi-kd":
+        from avret.distill.mikd import parse_weights
+
         return {**MIKD_DEFAULTS, "mi_weights": list(parse_weights(mi_weights))}
     return {}

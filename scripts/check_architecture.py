@@ -12,7 +12,9 @@ Reports, one violation per line:
 3. **layering**: ``avret/eval/`` imports nothing from ``avret.models``, ``avret.train``,
    ``avret.distill``, ``avret.index`` or ``avret.sentiment`` (anywhere, functions included);
    ``avret/models/`` does not import ``avret.eval``, ``avret.distill``, ``avret.train`` or
-   ``avret.index`` at module level.
+   ``avret.index`` at module level; ``avret/index/`` (the store, building, the Searcher) imports
+   nothing from ``avret.train``, ``avret.distill``, ``avret.serve``, ``avret.sentiment`` or
+   ``avret.eval``, and ``avret/serve/`` nothing from the training side or ``avret.eval``.
 
 ``python scripts/check_architecture.py [PACKAGE_DIR]`` prints the violations and exits 1 if there
 are any, 0 if none. ``PACKAGE_DIR`` defaults to the ``avret`` folder next to ``scripts/``; its
@@ -30,6 +32,8 @@ from pathlib import Path
 LAYER_RULES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("eval", ("models", "train", "distill", "index", "sentiment"), False),
     ("models", ("eval", "distill", "train", "index"), True),
+    ("index", ("train", "distill", "serve", "sentiment", "eval"), False),
+    ("serve", ("train", "distill", "sentiment", "eval"), False),
 )
 
 

@@ -16,3 +16,6 @@ $AVRET index build --model "$OUT/videoadviser" --out "$OUT/index"
 $AVRET search audio-to-video --index "$OUT/index" --query synth_000042 -k 5
 $AVRET search video-to-audio --index "$OUT/index" --query synth_000042 -k 5
 $AVRET eval --model "$OUT/videoadviser" --model "$OUT/towers" --model "$OUT/cca" --json-out "$OUT/eval.json"
+echo
+echo "Serve this index (JSON API + web page on http://127.0.0.1:8000/, Ctrl-C stops):"
+echo "  $AVRET serve --index $OUT/index"

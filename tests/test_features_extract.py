@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -348,3 +349,162 @@ def test_cli_extract_train_index_and_search_by_wav(models, tmp_path):
     assert len(hits) == 3 and all(h["clip_id"].startswith("c") for h in hits)
     res = ok("search", "video-to-audio", "--index", index, "--query", media / "c1.mp4", "--features", feats, "-k", "2")
     assert "c" in res.stdout
+
+
+# ------------------------------------------------------------------ failed starts, labels, clip ids
+
+
+def test_failed_start_on_weights_writes_nothing(models, media, tmp_path):
+    """Weights that do not load stop the run before any file (shards/settings.json included) exists."""
+    bad_vggish = tmp_path / "bad_vggish.pth"
+    bad_vggish.write_bytes(b"not a checkpoint")
+    for cfg in (_config(models, clip_weights=models["vggish"]), _config(models, vggish=bad_vggish)):
+        out = tmp_path / "never"
+        with pytest.raises(ModelError) as exc:
+            extract_features([media / "noise.mp4"], out, cfg)
+        assert "\n" not in str(exc.value)
+        assert not out.exists()
+    # Into an existing directory: nothing new appears in it either.
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    with pytest.raises(ModelError):
+        extract_features([media / "noise.mp4"], existing, _config(models, vggish=bad_vggish))
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+def test_labels_encoding_bom_and_unsafe_clip_ids(models, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.features import app
+
+    media = tmp_path / "m"
+    media.mkdir()
+    write_media(media / "a,b.mp4", seconds=1.0, freq=300.0)
+    write_media(media / "new\nline.mp4", seconds=1.0, freq=500.0)
+    write_media(media / "plain.mp4", seconds=1.0, freq=700.0)
+    base = ["extract", "--media", str(media), "--vggish", str(models["vggish"]), "--clip-model",
+            str(models["clip_cfg"]), "--clip-weights", str(models["clip"]), "--fps", "1", "--max-frames", "1",
+            "--device", "cpu", "--no-progress"]
+    runner = CliRunner()
+
+    # Not UTF-8: one line naming the file, exit 2, nothing written.
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("clip_id,label\nplain,caf\u00e9\n".encode("latin-1"))
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "o1"), "--labels", str(latin)])
+    assert res.exit_code == 2, res.output
+    assert "latin1.csv" in res.output and "UTF-8" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o1").exists()
+
+    # A UTF-8 BOM before the header is accepted; unsafe stems become safe, queryable clip ids.
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffclip_id,label,split\nplain,caf\u00e9,train\na_b,dog,train\n".encode())
+    out = tmp_path / "o2"
+    res = runner.invoke(app, [*base, "--out", str(out), "--labels", str(bom)])
+    assert res.exit_code == 0, res.output
+    ds = load_folder(out)
+    assert sorted(ds.clip_ids) == ["a_b", "new_line", "plain"]
+    assert dict(zip(ds.clip_ids, (ds.class_names[i] if i >= 0 else "" for i in ds.labels), strict=True)) == {
+        "a_b": "dog", "new_line": "", "plain": "caf\u00e9"}
+    assert len(ds.rows_of(["a_b", "new_line"])) == 2
+    with open(out / "manifest.csv", newline="", encoding="utf-8") as fh:  # header + 3 records, none broken
+        assert [len(r) for r in csv.reader(fh)] == [4, 4, 4, 4]
+
+
+# ------------------------------------------------------------------ finalise: killed at every step
+
+_KILL_SCRIPT = r'''
+import os, signal, sys
+import numpy as np
+from avret.features.shards import write_feature_folder
+
+out, which, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+def clip(cid):
+    k = int(cid[1:])
+    return {"audio": np.full(4, k, np.float32), "visual": np.full(3, k, np.float32),
+            "frames": np.full((k % 3 + 1, 2), k, np.float32)}
+
+ids = ["c1", "c2", "c3"] if which == "old" else ["c3", "c4", "c5"]
+teacher = 2 if which == "old" else None
+calls = 0
+if n > 0:
+    def killer(real):
+        def f(*a, **k):
+            global calls
+            calls += 1
+            if calls == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*a, **k)
+        return f
+    os.replace, os.rename, os.unlink = killer(os.replace), killer(os.rename), killer(os.unlink)
+write_feature_folder(__import__("pathlib").Path(out), ids, {c: clip(c) for c in ids},
+                     {c: ("x", "train") for c in ids}, (4, 3, teacher), {"failures.json": [which]})
+print("done")
+'''
+
+
+def _check_consistent(out: Path) -> list[str] | None:
+    """The clip ids under the final names when they all agree (None when manifest.csv is absent)."""
+    if not (out / "manifest.csv").exists():
+        return None
+    ds = load_folder(out)
+    ks = np.array([int(c[1:]) for c in ds.clip_ids], np.float32)
+    np.testing.assert_array_equal(ds.audio, np.repeat(ks[:, None], 4, 1))
+    np.testing.assert_array_equal(ds.visual, np.repeat(ks[:, None], 3, 1))
+    if ds.teacher_frames is not None:
+        assert ds.teacher_frames.shape[0] == len(ks) and list(ds.clip_ids) == ["c1", "c2", "c3"]
+        for i, k in enumerate(ks):
+            np.testing.assert_array_equal(ds.teacher_frames[i][ds.teacher_mask[i]], np.full((int(k) % 3 + 1, 2), k))
+    return list(ds.clip_ids)
+
+
+def test_finalise_killed_at_each_step_never_leaves_disagreeing_rows(tmp_path):
+    """SIGKILL at the n-th rename/replace/unlink of the finalise step, for every n: the final names
+    hold the old set, the new set, or no manifest.csv; the next writer (recovery) completes the new set."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from avret.utils.atomic import recover_commits
+
+    script = tmp_path / "finalise.py"
+    script.write_text(_KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    new, old = ["c3", "c4", "c5"], ["c1", "c2", "c3"]
+    states = set()
+    pristine = tmp_path / "old"
+    subprocess.run([sys.executable, str(script), str(pristine), "old", "0"], env=env, check=True)
+    assert _check_consistent(pristine) == old
+    for n in range(1, 40):
+        out = tmp_path / f"o{n}"
+        shutil.copytree(pristine, out)
+        res = subprocess.run([sys.executable, str(script), str(out), "new", str(n)], env=env, capture_output=True,
+                             text=True)
+        if res.returncode == 0:
+            assert res.stdout.strip() == "done" and _check_consistent(out) == new
+            break
+        assert res.returncode == -9, res.stderr
+        seen = _check_consistent(out)
+        assert seen in (old, new, None)
+        states.add(None if seen is None else tuple(seen))
+        recover_commits(out)  # what the next `features extract` (and load_folder) does first
+        assert _check_consistent(out) in (old, new)
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".final-")]
+    else:
+        pytest.fail("finalise never completed")
+    assert n >= 5 and states >= {None, tuple(old), tuple(new)}, states  # every kind of interruption was hit
+
+
+def test_extract_max_seconds_caps_audio_and_frames(models, media, tmp_path):
+    out = tmp_path / "capped"
+    rep = extract_features([media / "tone.mp4"], out, _config(models, max_seconds=1.0, max_frames=8))
+    assert rep.n_extracted == 1 and rep.audio_seconds == 1.0  # the file has 2.0 s
+    ds = load_folder(out)
+    assert int(ds.teacher_mask.sum()) == 2  # 2 fps over the first second: t = 0, 0.5
+    assert json.loads((out / "extract_config.json").read_text())["max_seconds"] == 1.0
+    with pytest.raises(DataError, match=r"different settings \(max_seconds\)"):
+        extract_features([media / "tone.mp4"], out, _config(models, max_frames=8))
+    with pytest.raises(AvretError, match="max_seconds must be > 0"):
+        extract_features([media / "tone.mp4"], out, _config(models, max_seconds=0.0))

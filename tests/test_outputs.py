@@ -141,3 +141,26 @@ def test_a_writer_killed_between_its_renames_loses_nothing(tmp_path, model_run):
     aside.mkdir()
     copy.rename(aside / "x")
     assert load_model(copy).embed_dim > 0 and not aside.exists()
+
+
+def test_a_directory_left_by_a_killed_writer_counts_as_empty(tmp_path):
+    """Only empty directories and dead writers' temporaries: accepted (a distill killed right after it created
+    --out); a live writer's temporary or any other file: refused."""
+    import os
+
+    from avret.errors import AvretError
+    from avret.utils.atomic import RUN_MARKERS, check_output
+
+    out = tmp_path / "run"
+    (out / "train_state").mkdir(parents=True)
+    (out / "train_state" / f".key.json.tmp-{_dead_pid()}-x1").write_text("half")
+    check_output(out, "run directory", RUN_MARKERS)
+    live = out / "train_state" / f".key.json.tmp-{os.getpid()}-x2"
+    live.write_text("being written")
+    with pytest.raises(AvretError, match="not an earlier run directory"):
+        check_output(out, "run directory", RUN_MARKERS)
+    live.unlink()
+    (out / "train_state" / "notes.txt").write_text("mine")
+    with pytest.raises(AvretError, match="not an earlier run directory"):
+        check_output(out, "run directory", RUN_MARKERS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the probe left nothing

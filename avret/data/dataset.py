@@ -35,6 +35,8 @@ class AVDataset:
         teacher_mask: optional ``(N, T)`` bool, True where a frame is present.
         synthetic: True for generated data; reports must label such numbers synthetic.
         source: where the data came from (path or generator spec), for run metadata.
+        media: optional ``(N,)`` str path of each clip's media file ("" when unknown); folders
+            written by ``avret features extract`` have it, and ``index build`` records it for serving.
     """
 
     name: str
@@ -49,6 +51,7 @@ class AVDataset:
     synthetic: bool = False
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    media: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.clip_ids = np.asarray(self.clip_ids).astype(str)
@@ -56,6 +59,8 @@ class AVDataset:
         self.audio = np.ascontiguousarray(self.audio, dtype=np.float32)
         self.visual = np.ascontiguousarray(self.visual, dtype=np.float32)
         self.split = np.asarray(self.split).astype(str)
+        if self.media is not None:
+            self.media = np.asarray(self.media).astype(str)
         if self.teacher_frames is not None:
             self.teacher_frames = np.ascontiguousarray(self.teacher_frames, dtype=np.float32)
             if self.teacher_mask is None:
@@ -68,8 +73,8 @@ class AVDataset:
         """Raise :class:`DataError` naming the field when the arrays do not fit together."""
         n = len(self.clip_ids)
         where = self.source or self.name
-        for fname in ("labels", "split"):
-            if getattr(self, fname).shape != (n,):
+        for fname in ("labels", "split", "media"):
+            if getattr(self, fname) is not None and getattr(self, fname).shape != (n,):
                 raise DataError(f"{where}: field '{fname}' has shape {getattr(self, fname).shape}, expected ({n},)")
         for fname in ("audio", "visual"):
             arr = getattr(self, fname)
@@ -128,6 +133,7 @@ class AVDataset:
             teacher_frames=None if self.teacher_frames is None else self.teacher_frames[rows],
             teacher_mask=None if self.teacher_mask is None else self.teacher_mask[rows],
             meta=dict(self.meta),
+            media=None if self.media is None else self.media[rows],
         )
 
     def subset(self, split: str) -> AVDataset:
@@ -185,6 +191,17 @@ class AVDataset:
             f"{self.name}{tag}: {len(self)} clips, {self.num_classes} classes, "
             f"audio {self.audio_dim}-d, visual {self.visual_dim}-d ({counts})"
         )
+
+
+def check_numeric(array: np.ndarray, what: str, kinds: str = "fiu") -> None:
+    """Raise :class:`DataError` unless ``array`` holds real numbers (dtype kinds ``kinds``: float, int, uint).
+
+    Strings, bytes, objects, complex numbers and structured records are refused before any cast
+    could fail with a traceback or silently drop an imaginary part.
+    """
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in kinds or array.dtype.fields is not None:
+        dtype = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+        raise DataError(f"{what} has dtype {dtype}; expected real numbers")
 
 
 def check_finite(array: np.ndarray, what: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avret.data.dataset import AVDataset
+from avret.data.dataset import AVDataset, check_numeric
 from avret.data.folder import dequantize
 from avret.errors import DataError
 
@@ -34,8 +34,22 @@ SINGLE_TABLE_KEYS = ("audio_feat", "visual_feat", "Label_ID", "Train_test")
 PRESPLIT_SPLITS = {"train": "train", "val": "val", "test": "test"}
 
 
+def _read(h5, key: str, path: Path) -> np.ndarray:
+    """The array stored at ``key``; a group, a link to nowhere or an unreadable dataset is a DataError."""
+    import h5py
+
+    try:
+        entry = h5[key]
+        if not isinstance(entry, h5py.Dataset):
+            raise DataError(f"{path}: key '{key}' is a {type(entry).__name__.lower()}; expected a dataset (array)")
+        return np.asarray(entry[()])
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise DataError(f"{path}: key '{key}' is not a readable dataset ({type(exc).__name__})") from None
+
+
 def _features(h5, key: str, path: Path) -> np.ndarray:
-    arr = np.asarray(h5[key][()])
+    arr = _read(h5, key, path)
+    check_numeric(arr, f"{path}: key '{key}'")
     arr = dequantize(arr)
     if arr.ndim == 3:
         arr = arr.mean(axis=1)
@@ -45,8 +59,9 @@ def _features(h5, key: str, path: Path) -> np.ndarray:
 
 
 def _labels(h5, key: str, path: Path) -> np.ndarray:
-    arr = np.asarray(h5[key][()])
+    arr = _read(h5, key, path)
     if arr.ndim == 2 and arr.shape[1] > 1:
+        check_numeric(arr, f"{path}: key '{key}' (one-hot labels)", kinds="biuf")
         return arr.argmax(axis=1)
     arr = arr.reshape(-1)
     if not np.issubdtype(arr.dtype, np.number):
@@ -56,19 +71,36 @@ def _labels(h5, key: str, path: Path) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _decode(values: np.ndarray) -> np.ndarray:
-    return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in values.reshape(-1)])
+def _decode(values: np.ndarray, path: Path | None = None, key: str = "") -> np.ndarray:
+    try:
+        return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in values.reshape(-1)])
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: key '{key}' is not UTF-8 text; expected strings") from None
+
+
+def _text(h5, key: str, path: Path, n: int | None = None) -> np.ndarray:
+    """A 1-d array of strings (``clip_ids``, ``class_names``), ``n`` long when given."""
+    raw = _read(h5, key, path)
+    if raw.ndim > 1 and raw.size != max(raw.shape, default=0):
+        raise DataError(f"{path}: key '{key}' has shape {raw.shape}; expected (N,) strings")
+    values = _decode(raw, path, key)
+    if n is not None and len(values) != n:
+        raise DataError(f"{path}: key '{key}' has {len(values)} entries, expected {n} (one per clip, as 'audio_feat')")
+    return values
 
 
 def _split_markers(raw: np.ndarray, path: Path, test_code: int | None) -> np.ndarray:
     raw = raw.reshape(-1)
     if raw.dtype.kind in "SUO":
-        names = np.char.lower(np.char.strip(_decode(raw).astype(str)))
+        names = np.char.lower(np.char.strip(_decode(raw, path, "Train_test").astype(str)))
         names = np.where(np.isin(names, ["valid", "dev", "validation"]), "val", names)
         bad = set(np.unique(names).tolist()) - {"train", "val", "test"}
         if bad:
             raise DataError(f"{path}: key 'Train_test' has {sorted(bad)}, expected train/val/test")
         return names
+    check_numeric(raw, f"{path}: key 'Train_test'", kinds="biuf")
+    if not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw)):
+        raise DataError(f"{path}: key 'Train_test' has non-integer values, expected integer split codes or names")
     codes = raw.astype(np.int64)
     uniq, counts = np.unique(codes, return_counts=True)
     if len(uniq) != 2:
@@ -80,9 +112,9 @@ def _split_markers(raw: np.ndarray, path: Path, test_code: int | None) -> np.nda
     return np.where(codes == test_code, "test", "train")
 
 
-def _class_names(h5, n_classes: int, name: str) -> list[str]:
+def _class_names(h5, n_classes: int, name: str, path: Path) -> list[str]:
     if "class_names" in h5:
-        return _decode(np.asarray(h5["class_names"][()])).tolist()
+        return _text(h5, "class_names", path).tolist()
     if name == "vegas" and n_classes == len(VEGAS_CLASSES):
         return list(VEGAS_CLASSES)
     return [f"class_{i}" for i in range(n_classes)]
@@ -107,14 +139,14 @@ def load_h5(path: str | Path, name: str | None = None, test_code: int | None = N
             visual = _features(h5, "visual_feat", path)
             raw_labels = _labels(h5, "Label_ID", path)
             if "Train_test" in keys:
-                split = _split_markers(np.asarray(h5["Train_test"][()]), path, test_code)
+                split = _split_markers(_read(h5, "Train_test", path), path, test_code)
             else:
                 split = np.full(len(audio), "test")
             n = len(audio)
             for key, arr in (("visual_feat", visual), ("Label_ID", raw_labels), ("Train_test", split)):
                 if len(arr) != n:
                     raise DataError(f"{path}: key '{key}' has {len(arr)} rows, expected {n} (as 'audio_feat')")
-            ids = _decode(np.asarray(h5["clip_ids"][()])) if "clip_ids" in keys else None
+            ids = _text(h5, "clip_ids", path, n) if "clip_ids" in keys else None
         elif {"audio_train", "visual_train", "lab_train"} <= keys or {"audio_test", "visual_test"} <= keys:
             parts_a, parts_v, parts_l, parts_s, parts_id = [], [], [], [], []
             for suffix, split_name in PRESPLIT_SPLITS.items():
@@ -148,7 +180,7 @@ def load_h5(path: str | Path, name: str | None = None, test_code: int | None = N
             )
         values = np.unique(raw_labels)
         labels = np.searchsorted(values, raw_labels)
-        class_names = _class_names(h5, len(values), name)
+        class_names = _class_names(h5, len(values), name, path)
         if len(class_names) != len(values):
             raise DataError(f"{path}: key 'class_names' has {len(class_names)} names, expected {len(values)}")
     if ids is None:

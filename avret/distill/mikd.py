@@ -58,20 +58,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from avret.distill.context import MethodContext
+from avret.distill.defaults import MIKD_DEFAULTS
 from avret.distill.multimodal_teacher import FUSIONS, STUDENT_MODALITIES, build_teacher, dataset_inputs
 from avret.errors import AvretError
 from avret.losses.mi import InfoNCECritic, discriminator_loss, generator_loss
 from avret.train.towers import Batch
-
-MIKD_DEFAULTS: dict[str, Any] = {
-    "mi_weights": [0.5, 0.5, 0.1],
-    "mi_teacher_ce": 1.0,
-    "mi_temperature": 0.1,
-    "mi_proj_dim": 64,
-    "mi_hidden": 256,
-    "mi_disc_lr": 1e-3,
-    "mi_fusion": "sum",
-}
 
 
 def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:

@@ -54,13 +54,13 @@ logged in the training history (``msd_teacher_val_acc``, ``msd_w_audio``, ``msd_
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from avret.distill.context import MethodContext
+from avret.distill.defaults import MSD_DEFAULTS
 from avret.distill.multimodal_teacher import (
     FUSIONS,
     MODALITIES,
@@ -73,15 +73,6 @@ from avret.distill.multimodal_teacher import (
 from avret.errors import AvretError
 from avret.losses.msd import WEIGHTINGS, modality_weights, msd_kd_terms, saliency_from_logits
 from avret.train.towers import Batch
-
-MSD_DEFAULTS: dict[str, Any] = {
-    "msd_weighting": "instance",
-    "msd_fusion": "sum",
-    "msd_teacher_epochs": 30,
-    "msd_teacher_hidden": 256,
-    "msd_meta_lr": 0.02,
-    "msd_meta_inner_lr": 0.1,
-}
 
 
 def teacher_views(teacher: MultimodalTeacher, inputs: dict[str, torch.Tensor],

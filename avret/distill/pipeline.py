@@ -29,7 +29,7 @@ import torch
 from avret.data.dataset import AVDataset
 from avret.distill.context import MethodContext, TeacherOutputs
 from avret.distill.methods import METHODS, NEEDS_TEACHER, build_method
-from avret.errors import AvretError
+from avret.errors import AvretError, ModelError
 from avret.io import FORMAT_VERSION, verify_run, write_run
 from avret.models.towers import TowerConfig
 from avret.train.loop import STATE_FILE
@@ -79,13 +79,18 @@ def _teacher_outputs(dataset: AVDataset, config: DistillConfig, out: Path, seed:
     key = {**config.teacher_key(), "seed": seed, "dataset": dataset_ref,
            "frames": dataset.meta.get("teacher_frames_source"), "format_version": FORMAT_VERSION}
     tdir, step1_file = out / "teacher", out / "step1.json"
-    saved = json.loads(step1_file.read_text()) if step1_file.is_file() else None
+    saved = _read_step1(step1_file, status)
     started = time.perf_counter()
+    teacher = None
     if saved is not None and saved.get("teacher_key") == key and (tdir / "config.json").is_file():
-        status(f"reusing teacher in {tdir}")
-        teacher = VideoAdviserTeacher.from_pretrained(tdir, map_location=resolve_device(device))
-        info = saved
-    else:
+        try:
+            teacher = VideoAdviserTeacher.from_pretrained(tdir, map_location=resolve_device(device))
+            status(f"reusing teacher in {tdir}")
+            info = saved
+        except ModelError as exc:  # this run's own teacher, damaged: train it again
+            status(f"{tdir} is damaged ({exc}); training the teacher again")
+            saved = None
+    if teacher is None:
         tcfg = teacher_config_for_dataset(
             dataset, clip_model, config.clip_weights, use_audio=config.teacher_use_audio,
             prompt_conditioning=config.prompt_conditioning, pooling=config.pooling, seed=seed,
@@ -114,6 +119,35 @@ def _teacher_outputs(dataset: AVDataset, config: DistillConfig, out: Path, seed:
     return TeacherOutputs(logits, post, head.cpu()), info
 
 
+def _read_step1(path: Path, say: Status) -> dict[str, Any] | None:
+    """``step1.json`` of an earlier (interrupted) run, or None when absent or unusable.
+
+    The file is this pipeline's own output (``out`` was accepted as a run directory), so a damaged
+    one (not UTF-8, not JSON, not an object, a temperature that is not a positive number) is not an
+    error: the teacher and step 1 are trained again and the file is rewritten.
+    """
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        saved = None
+    tau = saved.get("tau", 1.0) if isinstance(saved, dict) else None
+    if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not (math.isfinite(tau) and tau > 0):
+        say(f"{path} is damaged; training the teacher and step 1 again")
+        return None
+    return saved
+
+
+def _read_done(out: Path) -> dict[str, Any] | None:
+    """``run.json`` of an earlier run in ``out`` as a dict, or None when it is damaged (then: train again)."""
+    try:
+        done = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return done if isinstance(done, dict) else None
+
+
 def _check_student_options(cfg: DistillConfig) -> None:
     """Refuse bad step-2 options before the (long) teacher training, not after it."""
     from avret.losses.relevance import RELEVANCE_LOSSES
@@ -124,6 +158,8 @@ def _check_student_options(cfg: DistillConfig) -> None:
         raise AvretError(f"--relevance-loss '{cfg.relevance_loss}': expected one of {', '.join(RELEVANCE_LOSSES)}")
     if cfg.weight is not None and not (math.isfinite(cfg.weight) and cfg.weight >= 0):
         raise AvretError(f"--weight {cfg.weight}: expected a finite number >= 0")
+    if not isinstance(cfg.teacher_epochs, int) or cfg.teacher_epochs < 1:
+        raise AvretError(f"--teacher-epochs {cfg.teacher_epochs}: expected an integer >= 1")
 
 
 def _towers_state_dir(out: Path, key: dict[str, Any], say: Status) -> Path:
@@ -181,16 +217,21 @@ def run_distillation(
     if overwrite and out.exists() and not holds_output(out, RUN_MARKERS):
         # an explicit --overwrite of something that is not a run: start from an empty directory
         _discard(out)
+    if not isinstance(tcfg.epochs, int) or tcfg.epochs < 1:
+        raise AvretError(f"--epochs {tcfg.epochs}: expected an integer >= 1")
     if (out / "run.json").is_file() and (out / "model" / "config.json").is_file():
-        done = json.loads((out / "run.json").read_text())
-        same = done.get("distill_config") == json.loads(json.dumps(asdict(cfg))) and \
+        done = _read_done(out)
+        same = done is not None and done.get("distill_config") == json.loads(json.dumps(asdict(cfg))) and \
             done.get("train_config") == asdict(tcfg)
         damaged = verify_run(out) if same else []
         if same and not damaged:
             say(f"{out} is complete (method {cfg.method}, seed {tcfg.seed}, same settings); nothing to do")
             return out
-        say(f"{out} holds a run with other settings; training again" if not damaged else
-            f"{out} is damaged ({damaged[0]} differs from run.json); training again")
+        if done is None:
+            say(f"{out / 'run.json'} is damaged (not a JSON object); training again")
+        else:
+            say(f"{out} holds a run with other settings; training again" if not damaged else
+                f"{out} is damaged ({damaged[0]} differs from run.json); training again")
     dataset = dataset.with_validation_split(tcfg.val_fraction, seed=tcfg.seed)
     ref = dataset_ref(dataset)
     if cfg.method in NEEDS_TEACHER:

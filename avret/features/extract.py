@@ -35,31 +35,49 @@ from avret.errors import AvretError, DataError, ModelError
 from avret.features import vggish_frontend as fe
 from avret.features.decode import (
     MEDIA_EXTENSIONS,
+    AudioStream,
     DecodedClip,
     decode_audio,
     decode_clip,
     decode_frames,
+    require_tracks,
     single_torch_thread,
 )
-from avret.features.encoders import file_fingerprint, get_clip, get_inception, get_vggish
+from avret.features.encoders import (
+    file_fingerprint,
+    get_aisfx,
+    get_clip,
+    get_efficientnet,
+    get_inception,
+    get_logmel,
+    get_vggish,
+)
 from avret.features.shards import (
     SHARDS,
     check_settings,
     pad_frames,
     read_clips,
     read_done,
+    record_settings,
     write_feature_folder,
     write_shard,
 )
 from avret.models.clip import resolve_model_name
-from avret.utils.atomic import write_json
+from avret.utils.atomic import check_writable, sweep_temporaries
 from avret.utils.device import resolve_device
 
 EXTRACT_CONFIG = "extract_config.json"
 FAILURES = "failures.json"
 FORMAT_VERSION = 1
+#: Seconds of a query file used by :func:`embed_query_media` by default (its first minute). Longer
+#: than the clips of VEGAS / AVE / AudioSet (10 s), so such a clip is embedded exactly as
+#: ``features extract`` embedded it; a longer file costs at most a minute of decoding and VGGish.
+QUERY_MAX_SECONDS = 60.0
 
-VisualKind = Literal["clip", "inception"]
+VisualKind = Literal["clip", "inception", "efficientnet-lite0"]
+AudioKind = Literal["vggish", "aisfx", "logmel"]
+AUDIO_ENCODERS = ("vggish", "aisfx", "logmel")
+VISUAL_ENCODERS = ("clip", "inception", "efficientnet-lite0")
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -69,11 +87,17 @@ VisualKind = Literal["clip", "inception"]
 class ExtractConfig:
     """Everything that determines the features: models (local paths), frame sampling, run options.
 
+    ``audio_encoder='vggish'`` (the default) needs ``vggish``; ``'aisfx'`` uses ``aisfx_weights``
+    (None: the file of the installed ``aisfx`` wheel); ``'logmel'`` needs no weights.
     ``visual='clip'`` needs ``clip_model`` and ``clip_weights``; ``visual='inception'`` needs
-    ``inception_weights`` and uses CLIP (when given) only for the teacher frames.
+    ``inception_weights``; ``visual='efficientnet-lite0'`` uses ``efficientnet_weights`` (None: the
+    file of the installed wheel); with the last two, CLIP (when given) only produces the teacher
+    frames (:mod:`avret.features.real_encoders` documents the real encoders). ``max_seconds``:
+    use only the first that many seconds of every file (None, the default: the whole file; its
+    audio is streamed, so a long file costs its VGGish examples, 25 kB per second, not its waveform).
     """
 
-    vggish: Path
+    vggish: Path | None = None
     clip_model: str | None = None
     clip_weights: Path | None = None
     vggish_pca: Path | None = None
@@ -86,17 +110,35 @@ class ExtractConfig:
     workers: int = 0
     device: str = "auto"
     labels: Path | None = None
+    max_seconds: float | None = None
+    audio_encoder: AudioKind = "vggish"
+    aisfx_weights: Path | None = None
+    efficientnet_weights: Path | None = None
 
     def __post_init__(self) -> None:
-        for name in ("vggish", "clip_weights", "vggish_pca", "inception_weights", "inception_pca", "labels"):
+        for name in ("vggish", "clip_weights", "vggish_pca", "inception_weights", "inception_pca", "labels",
+                     "aisfx_weights", "efficientnet_weights"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
 
     def validate(self) -> None:
         """Raise :class:`AvretError` (one line) for inconsistent or missing settings."""
-        if self.visual not in ("clip", "inception"):
-            raise AvretError(f"visual must be 'clip' or 'inception', got '{self.visual}'")
+        if self.audio_encoder not in AUDIO_ENCODERS:
+            raise AvretError(f"audio encoder must be one of {', '.join(AUDIO_ENCODERS)}, got '{self.audio_encoder}'")
+        if self.visual not in VISUAL_ENCODERS:
+            raise AvretError(f"visual encoder must be one of {', '.join(VISUAL_ENCODERS)}, got '{self.visual}'")
+        if self.audio_encoder == "vggish" and self.vggish is None:
+            raise ModelError("audio encoder 'vggish' needs --vggish PATH (or choose --audio-encoder aisfx|logmel)")
+        if self.audio_encoder != "vggish" and (self.vggish is not None or self.vggish_pca is not None):
+            raise ModelError(f"--vggish/--vggish-pca are for --audio-encoder vggish, not '{self.audio_encoder}'")
+        if self.aisfx_weights is not None and self.audio_encoder != "aisfx":
+            raise ModelError(f"--aisfx-weights is for --audio-encoder aisfx, not '{self.audio_encoder}'")
+        if self.efficientnet_weights is not None and self.visual != "efficientnet-lite0":
+            raise ModelError(f"--efficientnet-weights is for --visual-encoder efficientnet-lite0, not '{self.visual}'")
+        if self.visual != "inception" and (self.inception_weights is not None or self.inception_pca is not None):
+            raise ModelError(f"--inception-weights/--inception-pca are for --visual-encoder inception, "
+                             f"not '{self.visual}'")
         if self.visual == "clip" and (not self.clip_model or self.clip_weights is None):
             raise ModelError("visual='clip' needs --clip-model NAME and --clip-weights PATH")
         if self.visual == "inception" and self.inception_weights is None:
@@ -112,7 +154,10 @@ class ExtractConfig:
             raise AvretError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise AvretError(f"workers must be >= 0, got {self.workers}")
-        for name in ("vggish", "vggish_pca", "clip_weights", "inception_weights", "inception_pca"):
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise AvretError(f"max_seconds must be > 0 (or None for whole files), got {self.max_seconds}")
+        for name in ("vggish", "vggish_pca", "clip_weights", "inception_weights", "inception_pca", "aisfx_weights",
+                     "efficientnet_weights"):
             p = getattr(self, name)
             if p is not None and not p.is_file():
                 raise ModelError(f"{p}: {name.replace('_', ' ')} file not found")
@@ -123,6 +168,30 @@ class ExtractConfig:
     def clip_arch(self) -> str | None:
         """The open_clip architecture name of ``clip_model`` (``ViT-B/32`` -> ``ViT-B-32``, a .json -> its stem)."""
         return resolve_model_name(self.clip_model) if self.clip_model else None
+
+    def aisfx_path(self) -> Path:
+        """The aisfx weights used: ``aisfx_weights`` or the file of the installed wheel (ModelError if none)."""
+        from avret.features.real_encoders import aisfx_weights_path
+
+        return self.aisfx_weights if self.aisfx_weights is not None else aisfx_weights_path()
+
+    def efficientnet_path(self) -> Path:
+        """The EfficientNet-Lite0 weights used: ``efficientnet_weights`` or the installed wheel's file."""
+        from avret.features.real_encoders import efficientnet_weights_path
+
+        return self.efficientnet_weights if self.efficientnet_weights is not None else efficientnet_weights_path()
+
+    def audio_weights(self) -> Path | None:
+        """The weights file of the audio encoder (None for the weight-free log-mel baseline)."""
+        if self.audio_encoder == "aisfx":
+            return self.aisfx_path()
+        return self.vggish if self.audio_encoder == "vggish" else None
+
+    def visual_weights(self) -> Path | None:
+        """The weights file of the visual encoder."""
+        if self.visual == "efficientnet-lite0":
+            return self.efficientnet_path()
+        return self.clip_weights if self.visual == "clip" else self.inception_weights
 
     @property
     def teacher(self) -> bool:
@@ -146,10 +215,16 @@ class ExtractConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def model_settings(self) -> dict[str, Any]:
-        """The settings that change the features (models + fingerprints + sampling); must match to resume."""
-        return {
+        """The settings that change the features (models + fingerprints + sampling); must match to resume.
+
+        ``max_seconds`` and the keys of the real encoders are listed only when they are not the default
+        (VGGish, no cap), so directories extracted before they existed resume.
+        """
+        from avret.features.real_encoders import frontend_settings
+
+        settings: dict[str, Any] = {
             "format": FORMAT_VERSION,
-            "vggish": file_fingerprint(self.vggish),
+            "vggish": file_fingerprint(self.vggish) if self.vggish else None,
             "vggish_pca": file_fingerprint(self.vggish_pca) if self.vggish_pca else None,
             "visual": self.visual,
             "clip_model": self.clip_arch,
@@ -159,6 +234,17 @@ class ExtractConfig:
             "fps": float(self.fps),
             "max_frames": int(self.max_frames),
         }
+        if self.max_seconds is not None:
+            settings["max_seconds"] = float(self.max_seconds)
+        if self.audio_encoder != "vggish":
+            settings["audio_encoder"] = self.audio_encoder
+            if self.audio_encoder == "aisfx":
+                settings["aisfx_weights"] = file_fingerprint(self.aisfx_path())
+            settings["audio_frontend"] = frontend_settings(self.audio_encoder)
+        if self.visual == "efficientnet-lite0":
+            settings["efficientnet_weights"] = file_fingerprint(self.efficientnet_path())
+            settings["visual_frontend"] = frontend_settings(self.visual)
+        return settings
 
 
 # --------------------------------------------------------------------------------------------- media list
@@ -199,15 +285,28 @@ def list_media(sources: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+def safe_clip_id(name: str) -> str:
+    """``name`` usable as a clip id: commas and control characters (newlines, tabs) become ``_``.
+
+    A comma would split a ``--query a,b`` clip-id list and a newline would break line-based output,
+    so such an id could never be queried; surrounding white space is dropped (manifest readers strip
+    it). An id that would be empty becomes ``clip``.
+    """
+    out = "".join("_" if ch == "," or ord(ch) < 32 or ord(ch) == 127 else ch for ch in name).strip()
+    return out or "clip"
+
+
 def assign_clip_ids(paths: Sequence[Path], fixed: dict[str, str] | None = None) -> list[str]:
     """clip_id = file stem; duplicated stems get ``<parent>__<stem>``, then ``-2``, ``-3``... suffixes.
 
-    ``fixed`` maps resolved paths to ids given by an earlier run (kept, so resumed ids are stable).
+    Stems are made safe first (:func:`safe_clip_id`: a file ``a,b.wav`` gets the id ``a_b``); a
+    clash with another id is resolved by the suffixes. ``fixed`` maps resolved paths to ids given by
+    an earlier run (kept, so resumed ids are stable).
     """
     fixed = fixed or {}
     stems: dict[str, int] = {}
     for p in paths:
-        stems[p.stem] = stems.get(p.stem, 0) + 1
+        stems[safe_clip_id(p.stem)] = stems.get(safe_clip_id(p.stem), 0) + 1
     taken = {fixed[str(p.resolve())] for p in paths if str(p.resolve()) in fixed}
     ids: list[str] = []
     for p in paths:
@@ -215,7 +314,8 @@ def assign_clip_ids(paths: Sequence[Path], fixed: dict[str, str] | None = None) 
         if key in fixed:
             ids.append(fixed[key])
             continue
-        cid = p.stem if stems[p.stem] == 1 else f"{p.parent.name}__{p.stem}"
+        stem = safe_clip_id(p.stem)
+        cid = stem if stems[stem] == 1 else safe_clip_id(f"{p.parent.name}__{stem}")
         base, n = cid, 2
         while cid in taken:
             cid, n = f"{base}-{n}", n + 1
@@ -227,16 +327,28 @@ def assign_clip_ids(paths: Sequence[Path], fixed: dict[str, str] | None = None) 
 # --------------------------------------------------------------------------------------------- decoding
 
 
+def audio_frontend(config: ExtractConfig) -> tuple[int, Callable[[Any], torch.Tensor]] | None:
+    """``(sample rate, waveform -> examples)`` of the config's audio encoder; None for VGGish (streamed)."""
+    if config.audio_encoder == "vggish":
+        return None
+    from avret.features.real_encoders import AUDIO_FRONTENDS
+
+    return AUDIO_FRONTENDS[config.audio_encoder]
+
+
 class _MediaDataset(torch.utils.data.Dataset):
-    def __init__(self, items: list[tuple[str, str]], fps: float, max_frames: int, transforms: dict) -> None:
-        self.items, self.fps, self.max_frames, self.transforms = items, fps, max_frames, transforms
+    def __init__(self, items: list[tuple[str, str]], config: ExtractConfig, transforms: dict) -> None:
+        self.items, self.config, self.transforms = items, config, transforms
+        self.frontend = audio_frontend(config)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> DecodedClip:
         cid, path = self.items[i]
-        return decode_clip(cid, path, self.fps, self.max_frames, self.transforms)
+        cfg = self.config
+        return decode_clip(cid, path, cfg.fps, cfg.max_frames, self.transforms, max_seconds=cfg.max_seconds,
+                           audio_frontend=self.frontend)
 
 
 def _identity(x: Any) -> Any:
@@ -245,6 +357,29 @@ def _identity(x: Any) -> Any:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+
+
+def audio_encoder(config: ExtractConfig, device: torch.device) -> Any:
+    """The (cached) audio encoder of ``config``: ``embed(examples)`` and ``clip_feature(embeddings)``."""
+    if config.audio_encoder == "aisfx":
+        return get_aisfx(config.aisfx_weights, device)
+    if config.audio_encoder == "logmel":
+        return get_logmel()
+    return get_vggish(config.vggish, config.vggish_pca, device)
+
+
+def visual_encoder(config: ExtractConfig, device: torch.device) -> Any:
+    """The (cached) visual encoder of ``config``: ``transform``, ``encode(pixels)``, ``clip_feature``, ``dim``."""
+    if config.visual == "efficientnet-lite0":
+        return get_efficientnet(config.efficientnet_weights, device)
+    if config.visual == "inception":
+        return get_inception(config.inception_weights, config.inception_pca, device)
+    return get_clip(config.clip_model, config.clip_weights, device)
+
+
+def encoder_dim(encoder: Any) -> int:
+    """Feature width of an encoder (VGGish embeddings are 128-d)."""
+    return int(getattr(encoder, "dim", 128))
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -328,28 +463,29 @@ class _Progress:
 class _Extractor:
     def __init__(self, config: ExtractConfig, device: torch.device) -> None:
         self.config, self.device = config, device
-        self.vggish = get_vggish(config.vggish, config.vggish_pca, device)
+        self.audio = audio_encoder(config, device)
+        self.audio_dim = encoder_dim(self.audio)
         self.clip = get_clip(config.clip_model, config.clip_weights, device) if config.teacher else None
-        self.inception = (get_inception(config.inception_weights, config.inception_pca, device)
-                          if config.visual == "inception" else None)
-        self.visual_dim = self.clip.dim if config.visual == "clip" else self.inception.dim
+        # CLIP doubles as the visual encoder when chosen; another visual encoder is loaded on its own.
+        self.visual = None if config.visual == "clip" else visual_encoder(config, device)
+        self.visual_dim = self.clip.dim if self.visual is None else self.visual.dim
         self.model_seconds = 0.0
 
     def transforms(self) -> dict[str, Callable]:
         tf: dict[str, Callable] = {}
         if self.clip is not None:
             tf["clip"] = self.clip.transform
-        if self.inception is not None:
-            tf["inception"] = self.inception.transform
+        if self.visual is not None:
+            tf[self.config.visual] = self.visual.transform
         return tf
 
     def run_group(self, group: list[DecodedClip]) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
         bs = self.config.batch_size
         counts = [c.examples.shape[0] for c in group]
-        emb = self.vggish.embed(torch.cat([c.examples for c in group]), bs)
+        emb = self.audio.embed(torch.cat([c.examples for c in group]), bs)
         splits = np.cumsum(counts)[:-1]
-        audio = np.stack([self.vggish.clip_feature(e) for e in np.split(emb, splits)])
+        audio = np.stack([self.audio.clip_feature(e) for e in np.split(emb, splits)])
         fsplits = np.cumsum([c.n_frames for c in group])[:-1]
         arrays: dict[str, np.ndarray] = {"audio": audio}
         if self.clip is not None:
@@ -357,9 +493,9 @@ class _Extractor:
             arrays["teacher_frames"], arrays["teacher_mask"] = pad_frames(frames, self.clip.dim)
             if self.config.visual == "clip":
                 arrays["visual"] = np.stack([self.clip.clip_feature(f) for f in frames])
-        if self.inception is not None:
-            feats = self.inception.encode(torch.cat([c.pixels["inception"] for c in group]), bs)
-            arrays["visual"] = np.stack([self.inception.clip_feature(f) for f in np.split(feats, fsplits)])
+        if self.visual is not None:
+            feats = self.visual.encode(torch.cat([c.pixels[self.config.visual] for c in group]), bs)
+            arrays["visual"] = np.stack([self.visual.clip_feature(f) for f in np.split(feats, fsplits)])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.model_seconds += time.perf_counter() - t0
@@ -402,8 +538,10 @@ def extract_features(
         raise DataError(f"no media files ({', '.join(MEDIA_EXTENSIONS)}) found in {where}")
     labels = _read_labels(config.labels)
     device = resolve_device(config.device)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    check_settings(shard_dir, config.model_settings())
+    settings = config.model_settings()
+    check_settings(shard_dir, settings)  # reads only: a refused run writes nothing
+    check_writable(out_dir)  # a read-only or forbidden --out: one line before any media is decoded
+    sweep_temporaries(shard_dir)  # shards a killed run was writing
 
     done = read_done(shard_dir)
     fixed = {p: rec["clip_id"] for p, rec in done.items()}
@@ -415,8 +553,10 @@ def extract_features(
 
     extractor: _Extractor | None = None
     if todo:
+        # Models first: weights that fail to load stop the run before anything is written.
         extractor = _Extractor(config, device)
-        dataset = _MediaDataset(todo, config.fps, config.max_frames, extractor.transforms())
+        record_settings(shard_dir, settings)
+        dataset = _MediaDataset(todo, config, extractor.transforms())
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=None,
@@ -448,7 +588,9 @@ def extract_features(
                 report.audio_seconds += item.audio_seconds
                 report.n_frames += item.n_frames
                 pending.append(item)
-                n_ex = sum(c.examples.shape[0] for c in pending)
+                # log-mel "examples" are frames that pass through no network: batch by clips instead
+                n_ex = (len(pending) if config.audio_encoder == "logmel"
+                        else sum(c.examples.shape[0] for c in pending))
                 n_fr = sum(c.n_frames for c in pending)
                 if n_ex >= config.batch_size or n_fr >= config.batch_size:
                     flush()
@@ -470,21 +612,25 @@ def _finalize(
     report: ExtractReport,
     extractor: _Extractor | None,
 ) -> int:
-    """Assemble the final arrays (media-list order) from the shards and write them atomically."""
+    """Assemble the final arrays (media-list order) from the shards; write them and the records as one unit."""
     ids, per_clip = read_clips(out_dir / SHARDS, keys)
-    audio_dim = 128
+    audio_dim = {"aisfx": 512, "logmel": 128}.get(config.audio_encoder, 128)  # VGGish: 128
     if extractor is not None:
+        audio_dim = extractor.audio_dim
         visual_dim = extractor.visual_dim
         teacher_dim = extractor.clip.dim if extractor.clip is not None else None
     elif per_clip:
         first = next(iter(per_clip.values()))
+        audio_dim = int(first["audio"].shape[0])
         visual_dim = int(first["visual"].shape[0])
         teacher_dim = int(first["frames"].shape[1]) if "frames" in first else None
     else:
         visual_dim, teacher_dim = 0, None
-    write_feature_folder(out_dir, ids, per_clip, labels, (audio_dim, visual_dim, teacher_dim))
-    write_json(out_dir / FAILURES, report.failures)
-    write_json(out_dir / EXTRACT_CONFIG, _extract_record(config, len(ids), report, visual_dim, teacher_dim))
+    records = {FAILURES: report.failures,
+               EXTRACT_CONFIG: _extract_record(config, len(ids), report, audio_dim, visual_dim, teacher_dim)}
+    done = read_done(out_dir / SHARDS)
+    media = {done[k]["clip_id"]: done[k]["path"] for k in keys if k in done}
+    write_feature_folder(out_dir, ids, per_clip, labels, (audio_dim, visual_dim, teacher_dim), records, media)
     return len(ids)
 
 
@@ -500,30 +646,37 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def _real_encoder_record(name: str, weights_sha256: str | None, weights: Path | None, dim: int) -> dict[str, Any]:
+    from avret.features.real_encoders import WHEELS, frontend_settings
+
+    front = frontend_settings(name)
+    return {
+        "model": name,
+        "name": name,
+        "weights": str(weights.resolve()) if weights is not None else None,
+        "weights_sha256": weights_sha256,
+        "weights_package": WHEELS.get(name),
+        "dim": dim,
+        "pooling": front.get("pooling"),
+        "frontend": front,
+    }
+
+
 def _extract_record(
-    config: ExtractConfig, n_rows: int, report: ExtractReport, visual_dim: int, teacher_dim: int | None
+    config: ExtractConfig, n_rows: int, report: ExtractReport, audio_dim: int, visual_dim: int,
+    teacher_dim: int | None,
 ) -> dict[str, Any]:
     settings = config.model_settings()
-    return {
-        "format": FORMAT_VERSION,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config.to_json(),
-        "audio": {
-            "model": "vggish (torchvggish layout)",
-            "weights_sha256": settings["vggish"],
-            "pca_sha256": settings["vggish_pca"],
-            "postprocessed": config.vggish_pca is not None,
-            "dequantized": "(x - 128) / 256" if config.vggish_pca is not None else None,
-            "dim": 128,
-            "pooling": "mean over 0.96 s examples (clips < 0.96 s zero-padded to one example)",
-            "frontend": {
-                "sample_rate": fe.SAMPLE_RATE, "window_samples": fe.STFT_WINDOW_SAMPLES,
-                "hop_samples": fe.STFT_HOP_SAMPLES, "fft_size": fe.FFT_SIZE, "mel_bins": fe.NUM_MEL_BINS,
-                "mel_hz": [fe.MEL_MIN_HZ, fe.MEL_MAX_HZ], "mel_scale": "htk", "log_offset": fe.LOG_OFFSET,
-                "example_frames": fe.EXAMPLE_FRAMES,
-            },
-        },
-        "visual": {
+    if config.audio_encoder != "vggish":
+        audio = _real_encoder_record(config.audio_encoder, settings.get("aisfx_weights"),
+                                     config.audio_weights(), audio_dim)
+    else:
+        audio = _vggish_record(config, settings)
+    if config.visual == "efficientnet-lite0":
+        visual = _real_encoder_record(config.visual, settings["efficientnet_weights"], config.efficientnet_path(),
+                                      visual_dim)
+    else:
+        visual = {
             "model": config.visual,
             "name": (config.clip_arch if config.visual == "clip" and config.clip_model
                      else "torchvision inception_v3 pool" if config.visual == "inception" else None),
@@ -532,7 +685,13 @@ def _extract_record(
             "dim": visual_dim,
             "pooling": ("mean of L2-normalised frame embeddings" if config.visual == "clip"
                         else "mean of frame features"),
-        },
+        }
+    return {
+        "format": FORMAT_VERSION,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_json(),
+        "audio": audio,
+        "visual": visual,
         "teacher": None if teacher_dim is None else {
             "model": "clip", "name": config.clip_arch,
             "weights_sha256": settings["clip_weights"], "dim": teacher_dim,
@@ -540,10 +699,29 @@ def _extract_record(
         },
         "fps": config.fps,
         "max_frames": config.max_frames,
+        "max_seconds": config.max_seconds,
         "counts": {"media": report.n_media, "rows": n_rows, "extracted_this_run": report.n_extracted,
                    "skipped_this_run": report.n_skipped, "failed_this_run": report.n_failed},
         "device": report.device,
         "versions": _versions(),
+    }
+
+
+def _vggish_record(config: ExtractConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": "vggish (torchvggish layout)",
+        "weights_sha256": settings["vggish"],
+        "pca_sha256": settings["vggish_pca"],
+        "postprocessed": config.vggish_pca is not None,
+        "dequantized": "(x - 128) / 256" if config.vggish_pca is not None else None,
+        "dim": 128,
+        "pooling": "mean over 0.96 s examples (clips < 0.96 s zero-padded to one example)",
+        "frontend": {
+            "sample_rate": fe.SAMPLE_RATE, "window_samples": fe.STFT_WINDOW_SAMPLES,
+            "hop_samples": fe.STFT_HOP_SAMPLES, "fft_size": fe.FFT_SIZE, "mel_bins": fe.NUM_MEL_BINS,
+            "mel_hz": [fe.MEL_MIN_HZ, fe.MEL_MAX_HZ], "mel_scale": "htk", "log_offset": fe.LOG_OFFSET,
+            "example_frames": fe.EXAMPLE_FRAMES,
+        },
     }
 
 
@@ -568,11 +746,13 @@ def load_extract_config(source: ExtractConfig | dict[str, Any] | str | Path) -> 
     if not isinstance(data, dict) or "config" not in data:
         raise DataError(f"{path}: no 'config' entry; expected the extract_config.json of `features extract`")
     cfg = ExtractConfig.from_json(data["config"])
-    # The weights must be the very files the features were extracted with.
-    visual_attr = "clip_weights" if cfg.visual == "clip" else "inception_weights"
-    for key, attr in (("audio", "vggish"), ("visual", visual_attr)):
-        want = data.get(key, {}).get("weights_sha256")
-        p = getattr(cfg, attr)
+    if cfg.audio_encoder not in AUDIO_ENCODERS or cfg.visual not in VISUAL_ENCODERS:
+        raise DataError(f"{path}: unknown encoders '{cfg.audio_encoder}' / '{cfg.visual}' (written by a newer avret?)")
+    # The weights must be the very files the features were extracted with (for the real encoders
+    # without an explicit path: the file of the wheel installed now).
+    for key, weights in (("audio", cfg.audio_weights), ("visual", cfg.visual_weights)):
+        want = (data.get(key) or {}).get("weights_sha256")
+        p = weights()
         if want and p is not None and p.is_file() and file_fingerprint(p) != want:
             raise ModelError(f"{p}: file changed since extraction ({path} recorded {want[:19]}...)")
     return cfg
@@ -583,28 +763,53 @@ def embed_query_media(
     modality: Literal["audio", "visual"],
     extract_config_or_dir: ExtractConfig | dict[str, Any] | str | Path,
     device: str | None = None,
+    *,
+    max_seconds: float | None = QUERY_MAX_SECONDS,
 ) -> np.ndarray:
     """Clip-level feature vector of one media file, as ``features extract`` computed it for the index.
 
-    ``modality='audio'``: VGGish mean feature (128-d) of the file's audio track (a ``.wav`` works);
-    ``modality='visual'``: the visual feature (CLIP mean or Inception) of its video track. Models and
+    ``modality='audio'``: the audio encoder's clip feature (VGGish mean, aisfx mean over blocks,
+    log-mel statistics) of the file's audio track (a ``.wav`` works); ``modality='visual'``: the
+    visual feature (CLIP mean, Inception or EfficientNet-Lite0 mean) of its video track. Models and
     settings come from ``extract_config.json`` in a features directory (or the given config).
+    ``max_seconds`` (default :data:`QUERY_MAX_SECONDS`, 60 s): only the first that many seconds of
+    the file are used (decoding stops there); None uses the whole file. The extraction's own
+    ``max_seconds``, when smaller, applies too. With VGGish, memory does not grow with the file's
+    length: the audio is streamed chunk by chunk into a running mean of the VGGish embeddings; the
+    other audio encoders decode the (capped) waveform at their rate first, exactly as extraction
+    does. Only the sampled frames (at most ``max_frames``) are kept. The needed track is checked
+    before anything is decoded.
     Raises DataError for a file without the needed track, ModelError for missing/changed weights.
     """
+    if modality not in ("audio", "visual"):
+        raise AvretError(f"modality must be 'audio' or 'visual', got '{modality}'")
+    if max_seconds is not None and not max_seconds > 0:
+        raise AvretError(f"max_seconds must be > 0 (or None for the whole file), got {max_seconds}")
     cfg = load_extract_config(extract_config_or_dir)
+    caps = [c for c in (max_seconds, cfg.max_seconds) if c is not None]
+    cap = min(caps) if caps else None
+    require_tracks(path, audio=modality == "audio", video=modality == "visual")
     dev = resolve_device(device or cfg.device)
+    if modality == "audio" and cfg.audio_encoder != "vggish":
+        rate, frontend = audio_frontend(cfg)
+        enc = audio_encoder(cfg, dev)
+        with single_torch_thread():
+            examples = frontend(decode_audio(path, rate, cap))
+        return enc.clip_feature(enc.embed(examples, cfg.batch_size))
     if modality == "audio":
-        with single_torch_thread():
-            examples = fe.waveform_to_examples(torch.from_numpy(decode_audio(path)))
         vggish = get_vggish(cfg.vggish, cfg.vggish_pca, dev)
-        return vggish.clip_feature(vggish.embed(examples, cfg.batch_size))
-    if modality == "visual":
-        images, _ = decode_frames(path, cfg.fps, cfg.max_frames)
-        if cfg.visual == "clip":
-            enc = get_clip(cfg.clip_model, cfg.clip_weights, dev)
-        else:
-            enc = get_inception(cfg.inception_weights, cfg.inception_pca, dev)
+        total: np.ndarray | None = None
+        count = 0
         with single_torch_thread():
-            pixels = torch.stack([enc.transform(im) for im in images])
-        return enc.clip_feature(enc.encode(pixels, cfg.batch_size))
-    raise AvretError(f"modality must be 'audio' or 'visual', got '{modality}'")
+            for examples in AudioStream(path, max_seconds=cap).examples():
+                emb = vggish.embed(examples, cfg.batch_size)
+                part = emb.sum(axis=0, dtype=np.float64)
+                total = part if total is None else total + part
+                count += len(emb)
+        assert total is not None  # AudioStream yields at least one example or raises
+        return vggish.clip_feature((total / count)[None, :])
+    images, _ = decode_frames(path, cfg.fps, cfg.max_frames, cap)
+    enc = visual_encoder(cfg, dev)
+    with single_torch_thread():
+        pixels = torch.stack([enc.transform(im) for im in images])
+    return enc.clip_feature(enc.encode(pixels, cfg.batch_size))

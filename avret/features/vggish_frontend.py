@@ -27,6 +27,7 @@ shows as ``log(0.01)`` in the padded frames.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -119,3 +120,30 @@ def waveform_to_examples(waveform: torch.Tensor | np.ndarray) -> torch.Tensor:
     n = 1 + (log_mel.shape[0] - EXAMPLE_FRAMES) // EXAMPLE_HOP_FRAMES
     examples = log_mel.unfold(0, EXAMPLE_FRAMES, EXAMPLE_HOP_FRAMES)[:n]  # (n, 64, 96)
     return examples.transpose(1, 2).contiguous().to(torch.float32)
+
+
+#: Samples between the starts of two consecutive examples (96 frames of 160 samples).
+EXAMPLE_HOP_SAMPLES = EXAMPLE_HOP_FRAMES * STFT_HOP_SAMPLES
+
+
+def iter_examples(chunks: Iterable[torch.Tensor | np.ndarray]) -> Iterator[torch.Tensor]:
+    """:func:`waveform_to_examples` of a waveform given in consecutive chunks, yielded chunk by chunk.
+
+    Example ``k`` reads samples ``[k * 15360, k * 15360 + 15600)`` only, so computing the complete
+    examples of what has arrived and keeping the (< 1 example) rest gives exactly the examples of the
+    whole waveform, holding one chunk at a time. Yields ``(m, 96, 64)`` float32 tensors (``m >= 1``);
+    a waveform shorter than one example still gives one zero-padded example, as the whole would.
+    """
+    rest = torch.zeros(0, dtype=torch.float32)
+    produced = False
+    for chunk in chunks:
+        x = torch.as_tensor(np.asarray(chunk) if not torch.is_tensor(chunk) else chunk).reshape(-1)
+        rest = torch.cat([rest, x.to(rest.dtype)]) if rest.numel() else x.to(torch.float32)
+        m = (rest.numel() - (MIN_SAMPLES - EXAMPLE_HOP_SAMPLES)) // EXAMPLE_HOP_SAMPLES
+        if m >= 1:
+            head = rest[: m * EXAMPLE_HOP_SAMPLES + MIN_SAMPLES - EXAMPLE_HOP_SAMPLES]
+            yield waveform_to_examples(head)
+            produced = True
+            rest = rest[m * EXAMPLE_HOP_SAMPLES:].clone()
+    if not produced:  # what is left after complete examples is always shorter than one example
+        yield waveform_to_examples(rest)

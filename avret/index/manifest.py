@@ -22,9 +22,14 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 METADATA_FILE = "metadata.json"
 INDEX_FILE = "index.faiss"
+EMBEDDINGS_FILE = "embeddings.npy"
 
 #: The gallery modalities an index can hold.
 MODALITIES = ("audio", "visual")
+
+#: The two search directions: the gallery modality and the query modality of each.
+GALLERY_FOR = {"audio-to-video": "visual", "video-to-audio": "audio"}
+QUERY_FOR = {"audio-to-video": "audio", "video-to-audio": "visual"}
 
 #: The only metric avret uses: inner product of L2-normalised vectors, i.e. cosine similarity.
 METRIC = "inner_product"

@@ -8,6 +8,10 @@ Directory layout (``format_version`` 1)::
                           row i of the index is clip_ids[i] with label labels[i]
                           (-1 = unlabelled); class_names[label] is its class name
     <dir>/index.faiss     faiss.write_index of the CPU version of the index
+    <dir>/embeddings.npy  only for indexes that do not keep exact vectors (IVF, PQ, HNSW, ...): the
+                          (count, dim) float32 embeddings in row order, so that a clip's own
+                          embedding can be a query (:meth:`AVIndex.embeddings_of`); a flat index
+                          reconstructs them exactly from ``index.faiss`` instead
 
 The metadata is JSON (not npy) so it is readable by any tool and needs no pickle; 1M ids load in
 about a second. Writing is atomic (:func:`avret.utils.atomic.atomic_dir`): a failed save leaves
@@ -20,9 +24,11 @@ similarities; avret does not re-normalise, so the caller passes normalised vecto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,7 @@ from avret.index.backend import (
     to_device,
 )
 from avret.index.manifest import (
+    EMBEDDINGS_FILE,
     INDEX_FILE,
     MANIFEST_FILE,
     METADATA_FILE,
@@ -98,9 +105,49 @@ class SearchResult:
 
 # FAISS's index header: fourcc, d (int32), ntotal (int64), two int64 fields, is_trained (bool),
 # metric_type (int32). A flat index then stores its codes as a length prefix (uint64, in floats) and
-# ntotal * d float32 values.
+# ntotal * d float32 values. An IVF index (fourcc "Iw..") then stores nlist and nprobe (uint64) and its
+# coarse quantizer, itself an index with this header (a flat one for every avret factory).
 _HEADER = struct.Struct("<4siqqq?i")
 _FLAT_FOURCCS = (b"IxFI", b"IxF2")
+_IVF_PREFIX = b"Iw"
+_HNSW_PREFIX = b"IHN"
+#: The most IVF lists a file may claim (FAISS's own guidance tops out near 2^18 for a billion vectors).
+_MAX_NLIST = 1 << 22
+
+
+def _min_bytes_per_vector(fourcc: bytes, dim: int) -> int:
+    """A lower bound of the bytes each stored vector takes in an index of type ``fourcc`` (0: unknown).
+
+    IVF lists store an 8-byte id and at least one code byte per vector (IVF-Flat: ``4 x dim`` code
+    bytes); HNSW stores a 4-byte level per vector and, over a flat storage, ``4 x dim`` float bytes.
+    """
+    if fourcc == b"IwFl":
+        return 4 * dim + 8
+    if fourcc.startswith(_IVF_PREFIX):
+        return 8 + 1
+    if fourcc == b"IHNf":
+        return 4 * dim + 4
+    if fourcc.startswith(_HNSW_PREFIX):
+        return 4 + 1
+    return 0
+
+
+def _check_ivf_quantizer(ipath: Path, head: bytes, size: int, dim: int, count: int) -> int:
+    """The bytes an IVF file's header, ``nlist``/``nprobe`` and flat quantizer take (checked against its size)."""
+    at = _HEADER.size + 16
+    if len(head) < at + _HEADER.size + 8:
+        raise IndexError_(f"{ipath}: not a readable FAISS index ({size} bytes, too short for an IVF header)")
+    nlist = struct.unpack_from("<Q", head, _HEADER.size)[0]
+    q_fourcc, q_d, q_ntotal, _, _, _, _ = _HEADER.unpack_from(head, at)
+    if not 1 <= nlist <= _MAX_NLIST or q_ntotal != nlist or q_d != dim:
+        raise IndexError_(f"{ipath}: IVF header claims {nlist} lists and a quantizer of {q_ntotal} x {q_d}; "
+                          f"expected 1..{_MAX_NLIST} lists and a {dim}-d quantizer with one centroid per list")
+    if q_fourcc not in _FLAT_FOURCCS:
+        return at + _HEADER.size
+    q_codes = struct.unpack_from("<Q", head, at + _HEADER.size)[0]
+    if q_codes != nlist * dim:
+        raise IndexError_(f"{ipath}: IVF quantizer claims {q_codes} codes; expected {nlist} x {dim}")
+    return at + _HEADER.size + 8 + 4 * nlist * dim
 
 
 def check_index_file(ipath: Path, dim: int, count: int) -> None:
@@ -108,12 +155,15 @@ def check_index_file(ipath: Path, dim: int, count: int) -> None:
 
     FAISS trusts the sizes in the file: a small forged file whose header claims 2^29 vectors makes
     it allocate gigabytes before failing. The header's dimension and vector count must equal the
-    manifest's, and for the exact (flat) indexes the stored code length and the file size must be
-    exactly what ``count x dim`` float32 take. Other factories are checked on the header only.
+    manifest's; for the exact (flat) indexes the stored code length and the file size must be
+    exactly what ``count x dim`` float32 take. For IVF indexes the number of lists and the flat
+    coarse quantizer's size are checked, and for IVF and HNSW indexes the file must be at least as
+    large as ``count`` stored vectors take (ids, levels, codes), so a short file cannot claim many
+    vectors. Other factories are checked on the header only.
     """
     size = ipath.stat().st_size
     with open(ipath, "rb") as fh:
-        head = fh.read(_HEADER.size + 8)
+        head = fh.read(2 * _HEADER.size + 24)
     if len(head) < _HEADER.size:
         raise IndexError_(f"{ipath}: not a readable FAISS index ({size} bytes, too short for its header)")
     fourcc, d, ntotal, _, _, _, _ = _HEADER.unpack_from(head)
@@ -129,6 +179,12 @@ def check_index_file(ipath: Path, dim: int, count: int) -> None:
         if n_codes != count * dim or size != expected:
             raise IndexError_(f"{ipath}: a flat index of {count} x {dim} floats takes {expected} bytes with "
                               f"{count * dim} codes; this file has {size} bytes and claims {n_codes} codes")
+        return
+    fixed = _check_ivf_quantizer(ipath, head, size, dim, count) if fourcc.startswith(_IVF_PREFIX) else _HEADER.size
+    least = fixed + count * _min_bytes_per_vector(fourcc, dim)
+    if size < least:
+        raise IndexError_(f"{ipath}: a {fourcc.decode('latin-1')!r} index of {count} x {dim} vectors takes at least "
+                          f"{least} bytes; this file has {size} (truncated or forged)")
 
 
 class AVIndex:
@@ -148,6 +204,7 @@ class AVIndex:
         *,
         path: Path | None = None,
         device: str = "auto",
+        embeddings: np.ndarray | None = None,
         _placed: Placed | None = None,
     ) -> None:
         # ``_placed``: build() already put the index on its device; otherwise ``index`` is on the CPU.
@@ -158,6 +215,10 @@ class AVIndex:
         self.labels = labels
         self.class_names = list(class_names)
         self.path = path
+        # Exact embeddings in row order, kept only for indexes that cannot reconstruct them exactly.
+        self._embeddings = embeddings
+        self._rows: dict[str, int] | None = None
+        self._tuning_lock = threading.Lock()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -244,6 +305,7 @@ class AVIndex:
                 f"factory {factory!r} needs at least {ivf.nlist} vectors to train its {ivf.nlist} lists, "
                 f"got {n}; use fewer lists or 'Flat'"
             )
+        exact = _is_flat(cpu_index)
         placed = to_device(cpu_index, dev, requested=requested)
         index = placed.index
         if not index.is_trained:
@@ -263,7 +325,7 @@ class AVIndex:
             model_path=str(model_path) if model_path is not None else None,
             dataset=dataset,
         )
-        return cls(index, manifest, ids, labs, names, _placed=placed)
+        return cls(index, manifest, ids, labs, names, embeddings=None if exact else x, _placed=placed)
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -284,6 +346,8 @@ class AVIndex:
                 )
         with atomic_dir(path) as tmp:
             faiss.write_index(to_cpu(self._index, self.device), str(tmp / INDEX_FILE))
+            if self._embeddings is not None:
+                np.save(tmp / EMBEDDINGS_FILE, np.ascontiguousarray(self._embeddings, dtype=np.float32))
             write_json(
                 tmp / METADATA_FILE,
                 {
@@ -369,7 +433,37 @@ class AVIndex:
             )
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise IndexError_(f"{ipath}: index metric is not inner product (metric_type {index.metric_type})")
-        return cls(index, manifest, clip_ids, labels, class_names, path=path, device=device)
+        embeddings = _read_embeddings(path / EMBEDDINGS_FILE, manifest.count, manifest.dim)
+        return cls(index, manifest, clip_ids, labels, class_names, path=path, device=device, embeddings=embeddings)
+
+    # ------------------------------------------------------------------ stored embeddings
+    def rows_of(self, clip_ids: list[str]) -> np.ndarray:
+        """Gallery rows of ``clip_ids`` (raises :class:`QueryError` naming the first unknown id)."""
+        if self._rows is None:
+            self._rows = {str(c): i for i, c in enumerate(self.clip_ids.tolist())}
+        rows = []
+        for cid in clip_ids:
+            row = self._rows.get(cid)
+            if row is None:
+                raise QueryError(f"clip id {cid!r} is not in {self._where()} ({self.count} clips)")
+            rows.append(row)
+        return np.asarray(rows, dtype=np.int64)
+
+    def embeddings_of(self, rows: np.ndarray) -> np.ndarray:
+        """The stored embeddings of gallery ``rows`` ``(n, dim)`` float32, exactly as they were indexed.
+
+        A flat index reconstructs them from its codes; other factories keep them in
+        ``embeddings.npy``. An index of another kind written without that file cannot give them.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._embeddings is not None:
+            return np.array(self._embeddings[rows], dtype=np.float32)
+        if _is_flat(self._index):
+            return np.asarray(self._index.reconstruct_batch(rows), dtype=np.float32)
+        raise IndexError_(
+            f"{self._where()} (factory {self.manifest.factory!r}) keeps no exact embeddings "
+            f"({EMBEDDINGS_FILE}); rebuild it with this avret to query by clip id"
+        )
 
     # ------------------------------------------------------------------ search
     def search(
@@ -379,12 +473,15 @@ class AVIndex:
         *,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        allowed_rows: np.ndarray | None = None,
     ) -> SearchResult:
         """Top-``k`` gallery items for each query row, by inner product (cosine), best first.
 
         ``queries`` is (n, d) (a single (d,) vector is taken as n=1); searched in batches of
         :data:`SEARCH_BATCH`. ``nprobe`` (IVF indexes) and ``ef_search`` (HNSW indexes) trade
-        speed for recall; they apply to this call only.
+        speed for recall; they apply to this call only. ``allowed_rows`` restricts the answer to
+        those gallery rows (a FAISS ID selector: exact for flat indexes, CPU only); fewer than
+        ``k`` of them leave missing slots. Concurrent calls from several threads are safe.
         """
         where = self._where()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -410,14 +507,21 @@ class AVIndex:
         if not finite.all():
             raise QueryError(f"query row {int(np.flatnonzero(~finite)[0])} contains NaN or inf ({where})")
 
-        with _search_params(self._index, nprobe, ef_search, where, self.device):
+        tuning = _search_params(self._index, nprobe, ef_search, where, self.device)  # validates both
+        params = selector = None
+        if allowed_rows is not None:
+            params, selector = _filter_params(self._index, allowed_rows, nprobe, ef_search, where, self.device)
+        # nprobe / efSearch without a filter are set on the shared index: one such call at a time.
+        guard = self._tuning_lock if tuning.targets and params is None else contextlib.nullcontext()
+        with guard, (tuning if params is None else contextlib.nullcontext()):
             n = q.shape[0]
             scores = np.empty((n, k), dtype=np.float32)
             rows = np.empty((n, k), dtype=np.int64)
             for s in range(0, n, SEARCH_BATCH):
                 scores[s : s + SEARCH_BATCH], rows[s : s + SEARCH_BATCH] = self._index.search(
-                    q[s : s + SEARCH_BATCH], k
+                    q[s : s + SEARCH_BATCH], k, params=params
                 )
+        del selector  # the params object only borrows it
         missing = rows < 0
         safe = np.where(missing, 0, rows)
         ids = self.clip_ids[safe]
@@ -535,6 +639,54 @@ def _as_labels(labels: Any, n: int, name: str) -> np.ndarray:
     if n and int(a.min()) < -1:
         raise AvretError(f"{name}: labels must be >= 0 (or -1 for unlabelled), got {int(a.min())}")
     return a
+
+
+def _is_flat(index: Any) -> bool:
+    """True for a flat (exact, reconstructible) CPU or GPU index."""
+    kinds = tuple(k for k in (faiss.IndexFlat, getattr(faiss, "GpuIndexFlat", None)) if k is not None)
+    if isinstance(index, kinds):
+        return True
+    try:
+        return isinstance(faiss.downcast_index(index), kinds)
+    except Exception:  # GPU or wrapped indexes downcast_index does not know
+        return False
+
+
+def _read_embeddings(path: Path, count: int, dim: int) -> np.ndarray | None:
+    """The optional ``embeddings.npy`` of an index directory, memory-mapped and checked against the manifest."""
+    if not path.is_file():
+        return None
+    try:
+        emb = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise IndexError_(f"{path}: not a readable .npy array ({exc})") from None
+    if emb.dtype != np.float32 or emb.shape != (count, dim):
+        raise IndexError_(
+            f"{path}: {emb.dtype} array of shape {emb.shape}, expected float32 ({count}, {dim}) as in {MANIFEST_FILE}"
+        )
+    return emb
+
+
+def _filter_params(
+    index: Any, rows: np.ndarray, nprobe: int | None, ef_search: int | None, where: str, device: str
+) -> tuple[Any, Any]:
+    """Per-call FAISS search parameters restricted to gallery ``rows`` (and the selector they borrow)."""
+    if device != "cpu":
+        raise QueryError(f"a class filter needs a CPU index ({where} is on {device})")
+    selector = faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))
+    idx = faiss.downcast_index(index)
+    if isinstance(idx, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF()
+        params.nprobe = int(nprobe or idx.nprobe)
+    elif isinstance(idx, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = int(ef_search or idx.hnsw.efSearch)
+    elif isinstance(idx, faiss.IndexFlat):
+        params = faiss.SearchParameters()
+    else:
+        raise QueryError(f"a class filter is not supported by {where} ({type(idx).__name__}); use a Flat, IVF or HNSW")
+    params.sel = selector
+    return params, selector
 
 
 def _ivf_of(index: Any) -> Any:

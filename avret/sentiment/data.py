@@ -64,54 +64,65 @@ def load_label_csv(path: str | Path) -> list[SentimentExample]:
     """
     path = Path(path)
     try:
-        fh = open(path, newline="", encoding="utf-8")
+        fh = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     with fh:
-        reader = csv.DictReader(fh)
-        fields = [f.strip() for f in (reader.fieldnames or [])]
-        reader.fieldnames = fields
-        if "id" in fields:
-            id_cols: tuple[str, ...] = ("id",)
-        elif "video_id" in fields and "clip_id" in fields:
-            id_cols = ("video_id", "clip_id")
-        else:
-            raise DataError(f"{path}: header {fields or '(empty)'} has no 'id' column and no "
-                            "'video_id,clip_id' columns (expected the MMSA label.csv layout)")
-        for col in ("text", "label", "mode"):
-            if col not in fields:
-                raise DataError(f"{path}: header {fields} has no '{col}' column "
-                                "(expected the MMSA label.csv layout: id,text,label,mode)")
-        examples: list[SentimentExample] = []
-        seen: dict[str, int] = {}
         try:
-            for row in reader:
-                line = reader.line_num
-                if None in row:
-                    raise DataError(f"{path}: line {line}: more fields than the header's {len(fields)}")
-                values = [row.get(c) for c in id_cols]
-                if any(v is None or not v.strip() for v in values):
-                    missing = [c for c, v in zip(id_cols, values, strict=True) if v is None or not v.strip()]
-                    raise DataError(f"{path}: line {line}: field '{missing[0]}' is empty (expected an id)")
-                ex_id = "_".join(v.strip() for v in values if v is not None)
-                text = row.get("text")
-                if text is None or not text.strip():
-                    raise DataError(f"{path}: line {line}: field 'text' is empty (expected a transcript)")
-                label = _parse_label(row.get("label"), path, line)
-                raw_split = (row.get("mode") or "").strip()
-                split = SPLIT_ALIASES.get(raw_split.lower())
-                if split is None:
-                    raise DataError(f"{path}: line {line}: field 'mode' is {raw_split!r} "
-                                    "(expected train, dev|valid or test)")
-                if ex_id in seen:
-                    raise DataError(f"{path}: line {line}: id {ex_id!r} repeats line {seen[ex_id]} "
-                                    "(expected unique ids)")
-                seen[ex_id] = line
-                examples.append(SentimentExample(ex_id, text.strip(), label, split))
+            return _read_label_rows(path, fh)
         except csv.Error as exc:
-            raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+            raise DataError(f"{path}: malformed CSV ({exc})") from None
         except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason}); expected a UTF-8 MMSA label.csv") from None
+
+
+def _read_label_rows(path: Path, fh) -> list[SentimentExample]:
+    """The body of :func:`load_label_csv` once the file is open."""
+    reader = csv.DictReader(fh)
+    fields = [f.strip() for f in (reader.fieldnames or [])]
+    reader.fieldnames = fields
+    if "id" in fields:
+        id_cols: tuple[str, ...] = ("id",)
+    elif "video_id" in fields and "clip_id" in fields:
+        id_cols = ("video_id", "clip_id")
+    else:
+        raise DataError(f"{path}: header {fields or '(empty)'} has no 'id' column and no "
+                        "'video_id,clip_id' columns (expected the MMSA label.csv layout)")
+    for col in ("text", "label", "mode"):
+        if col not in fields:
+            raise DataError(f"{path}: header {fields} has no '{col}' column "
+                            "(expected the MMSA label.csv layout: id,text,label,mode)")
+    examples: list[SentimentExample] = []
+    seen: dict[str, int] = {}
+    try:
+        for row in reader:
+            line = reader.line_num
+            if None in row:
+                raise DataError(f"{path}: line {line}: more fields than the header's {len(fields)}")
+            values = [row.get(c) for c in id_cols]
+            if any(v is None or not v.strip() for v in values):
+                missing = [c for c, v in zip(id_cols, values, strict=True) if v is None or not v.strip()]
+                raise DataError(f"{path}: line {line}: field '{missing[0]}' is empty (expected an id)")
+            ex_id = "_".join(v.strip() for v in values if v is not None)
+            text = row.get("text")
+            if text is None or not text.strip():
+                raise DataError(f"{path}: line {line}: field 'text' is empty (expected a transcript)")
+            label = _parse_label(row.get("label"), path, line)
+            raw_split = (row.get("mode") or "").strip()
+            split = SPLIT_ALIASES.get(raw_split.lower())
+            if split is None:
+                raise DataError(f"{path}: line {line}: field 'mode' is {raw_split!r} "
+                                "(expected train, dev|valid or test)")
+            if ex_id in seen:
+                raise DataError(f"{path}: line {line}: id {ex_id!r} repeats line {seen[ex_id]} "
+                                "(expected unique ids)")
+            seen[ex_id] = line
+            examples.append(SentimentExample(ex_id, text.strip(), label, split))
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} after line {reader.line_num}); "
+                        "expected a UTF-8 MMSA label.csv") from None
     if not examples:
         raise DataError(f"{path}: no data rows (expected an MMSA label.csv with at least one row)")
     return examples
@@ -159,13 +170,16 @@ def read_teacher_scores(path: str | Path) -> dict[str, float]:
     """Read a teacher score file: CSV with header ``id,score`` (one finite float per id)."""
     path = Path(path)
     try:
-        fh = open(path, newline="", encoding="utf-8")
+        fh = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise DataError(f"{path}: cannot read teacher scores ({exc.strerror or exc})") from None
     scores: dict[str, float] = {}
     with fh:
         reader = csv.DictReader(fh)
-        fields = [f.strip() for f in (reader.fieldnames or [])]
+        try:
+            fields = [f.strip() for f in (reader.fieldnames or [])]
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not a UTF-8 CSV file ({exc}); expected a teacher score CSV: id,score") from None
         reader.fieldnames = fields
         if "id" not in fields or "score" not in fields:
             raise DataError(f"{path}: header {fields or '(empty)'} lacks 'id' and 'score' "
@@ -190,6 +204,8 @@ def read_teacher_scores(path: str | Path) -> dict[str, float]:
                 scores[ex_id] = value
         except csv.Error as exc:
             raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason}); expected a teacher score CSV: id,score") from None
     if not scores:
         raise DataError(f"{path}: no teacher scores (expected rows id,score)")
     return scores

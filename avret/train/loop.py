@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,6 +49,7 @@ import torch
 from torch import nn
 
 from avret.errors import AvretError
+from avret.utils.atomic import atomic_file
 from avret.utils.device import resolve_device
 from avret.utils.seeding import seed_everything
 
@@ -406,10 +406,8 @@ def _save_train_state(path: Path, state: FitState, modules: Sequence[nn.Module],
         "rng_numpy": _numpy_rng_state(),
         "generator": generator.get_state(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as fh:  # a full disk is one line, and no temporary is left behind
+        torch.save(payload, fh)
 
 
 def _load_train_state(path: Path, state: FitState, modules: Sequence[nn.Module], scheduler: Any,
