@@ -151,6 +151,7 @@ def test_health_info_and_page(client, tiny_synth):
     assert info["indexes"]["visual"]["count"] == len(tiny_synth) and info["indexes"]["audio"]["dim"] == 128
     assert info["classes"] == tiny_synth.class_names and info["examples"][0] == str(tiny_synth.clip_ids[0])
     assert info["model"]["loaded"] is True and info["versions"]["faiss"]
+    assert info["synthetic"] is True  # vegas-synth: the page says its scores are synthetic
     page = client.get("/")
     assert page.status_code == 200 and "<form id=\"by-id\"" in page.text
     assert client.get("/static/app.js").status_code == 200
@@ -222,7 +223,7 @@ def test_token_is_required_everywhere_but_health(media_client):
     assert media_client.get("/info").status_code == 401
     assert media_client.get("/info", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
     assert media_client.get("/info", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-    assert media_client.get(f"/info?token={TOKEN}").status_code == 200
+    assert media_client.get(f"/info?token={TOKEN}").json()["synthetic"] is False
     assert media_client.get("/media/c0").status_code == 401
     assert media_client.post("/search", json={"direction": "audio-to-video", "clip_ids": ["c0"]}).status_code == 401
 

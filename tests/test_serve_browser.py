@@ -109,6 +109,7 @@ def test_page_searches_by_clip_id_and_shows_errors(browser, synth_server, tiny_s
     page = browser.new_page()
     page.goto(synth_server.url + "/")
     page.wait_for_function("document.querySelector('#info').textContent.includes('visual')")
+    assert page.text_content("#info").startswith("SYNTHETIC data")
     query = str(tiny_synth.clip_ids[7])
     page.select_option("#direction", "audio-to-video")
     k = int(np.bincount(tiny_synth.labels).max()) + 20  # more than one class is among the hits

@@ -31,6 +31,11 @@ def dataset_ref(dataset: AVDataset) -> str:
     return f"{dataset.name}={source}" if dataset.name in ("vegas", "ave") else source
 
 
+def is_synthetic_ref(spec: str | None) -> bool:
+    """Whether a data-set reference (as :func:`dataset_ref` writes it) names generated, SYNTHETIC data."""
+    return spec is not None and (spec == "vegas-synth" or spec.startswith("vegas-synth:"))
+
+
 def _synth_from_ref(spec: str) -> SynthConfig:
     """Parse ``vegas-synth:key=value,...`` (the form written by :func:`dataset_ref`)."""
     _, _, args = spec.partition(":")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from avret.data.registry import is_synthetic_ref
 from avret.errors import IndexError_, QueryError, UnknownClipError
 from avret.index.manifest import EMBEDDINGS_FILE, GALLERY_FOR, MANIFEST_FILE, MODALITIES, QUERY_FOR
 from avret.index.query import MEDIA_SUFFIXES, load_query_array, parse_clip_ids
@@ -176,6 +177,7 @@ class Searcher:
             "model": {"path": str(self.model_path) if self.model_path else None, "fingerprint": self.fingerprint,
                       "loaded": self._model is not None},
             "dataset": self.dataset,
+            "synthetic": is_synthetic_ref(self.dataset),
             "directions": self.directions,
             "classes": self.class_names,
             "indexes": {m: {"count": ix.count, "dim": ix.dim, "factory": ix.manifest.factory, "device": ix.device,

@@ -148,7 +148,8 @@ async function loadInfo() {
   try {
     const info = await api("info");
     const counts = Object.entries(info.indexes).map(([m, ix]) => ix.count + " " + m + " (" + ix.factory + ", " + ix.device + ")");
-    $("info").textContent = "index " + info.index + " · data set " + (info.dataset || "?") + " · " + counts.join(", ")
+    $("info").textContent = (info.synthetic ? "SYNTHETIC data (scores say nothing about real audio-visual retrieval) · " : "")
+      + "index " + info.index + " · data set " + (info.dataset || "?") + " · " + counts.join(", ")
       + " · " + info.classes.length + " classes · media for " + info.media.clips + " clips";
     const list = $("examples");
     for (const id of info.examples) {
