@@ -31,11 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from benchmarks._common import RESULTS_DIR, format_table, load_check, machine_info, write_results
 
@@ -45,21 +42,6 @@ TINY_CLIP = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
     "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
 }
-
-
-def write_silent_wav(path: Path, seconds: float, rate: int = 16000) -> Path:
-    """A mono 16-bit silent wav, written in 10-s blocks."""
-    block = np.zeros(10 * rate, "<i2").tobytes()
-    n = int(seconds * rate)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        while n > 0:
-            k = min(n, 10 * rate)
-            w.writeframes(block[: 2 * k])
-            n -= k
-    return path
 
 
 def run_child(args: list[str], src: Path) -> dict[str, Any]:
@@ -92,7 +74,7 @@ def build_index(tmp: Path) -> dict[str, Path]:
     """Tiny models, 12 clips, features extract -> train -> index build (through the CLI, default tree)."""
     import torch
 
-    from avret.features.synthetic_media import write_media
+    from avret.features.synthetic_media import write_labelled_media
     from avret.features.vggish import VGGish
     from avret.models.clip import load_clip
 
@@ -101,14 +83,7 @@ def build_index(tmp: Path) -> dict[str, Path]:
     cfg = tmp / "avret-bench-tiny-clip.json"
     cfg.write_text(json.dumps(TINY_CLIP))
     torch.save(load_clip(str(cfg), None, allow_random=True).state_dict(), tmp / "clip.pt")
-    media = tmp / "clips"
-    media.mkdir()
-    rows = ["clip_id,label,split"]
-    for i in range(12):
-        low = i % 2 == 0
-        write_media(media / f"c{i}.mp4", seconds=1.0, freq=300.0 if low else 2000.0, noise=not low)
-        rows.append(f"c{i},{'low' if low else 'high'},{'test' if i >= 8 else 'train'}")
-    (tmp / "labels.csv").write_text("\n".join(rows) + "\n")
+    media, _ = write_labelled_media(tmp, 12)
     paths = {"feats": tmp / "feats", "run": tmp / "run", "index": tmp / "index", "vggish": tmp / "vggish.pth",
              "clip_cfg": cfg, "clip": tmp / "clip.pt"}
     steps = [
@@ -133,6 +108,8 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=ROOT, help="source tree whose CLI answers the queries")
     args = parser.parse_args()
     lengths = [float(x) for x in args.lengths.split(",")]
+    from avret.features.synthetic_media import write_wav
+
     load_before = load_check(label="before")
     src = args.src.resolve()
     with tempfile.TemporaryDirectory(prefix="bench_media_rss-") as tmp_name:
@@ -140,7 +117,7 @@ def main() -> None:
         t0 = time.perf_counter()
         paths = build_index(tmp)
         print(f"index built in {time.perf_counter() - t0:.1f} s (tiny random-weight models)", flush=True)
-        wavs = {s: write_silent_wav(tmp / f"silent_{int(s)}s.wav", s) for s in lengths}
+        wavs = {s: write_wav(tmp / f"silent_{int(s)}s.wav", s) for s in lengths}
         runs: dict[float, list[dict[str, Any]]] = {s: [] for s in lengths}
         for r in range(args.repeats):
             for s in lengths:  # interleaved, so machine noise hits every length alike

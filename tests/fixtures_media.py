@@ -1,18 +1,16 @@
 """Reusable media fixtures (plain functions): tiny random-weight extractors and a labelled media set.
 
 ``make_tiny_extractors(dir)`` saves a tiny VGGish (the real layout with reduced widths) and a tiny
-open_clip model to local files, the way users pass real weights; ``make_labelled_media(dir, n)``
-writes ``n`` short mp4 clips of two classes (low tone vs high noise) and their labels CSV;
-``build_media_index(dir)`` runs features extract → train → index build on them through the library.
+open_clip model to local files, the way users pass real weights; ``build_media_index(dir)`` runs
+features extract → train → index build through the library on the clips of
+:func:`avret.features.synthetic_media.write_labelled_media`.
 """
 
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
-import numpy as np
 import torch
 
 TINY_FRAMES_CLIP = {
@@ -36,44 +34,18 @@ def make_tiny_extractors(d: Path) -> dict[str, Path]:
     return {"vggish": d / "vggish.pth", "clip_cfg": cfg, "clip": d / "tiny_clip.pt"}
 
 
-def make_labelled_media(d: Path, n: int = 12, n_test: int = 4) -> Path:
-    """``n`` one-second mp4 clips ``c0..c{n-1}`` (even: 300 Hz tone 'low', odd: noise 'high') + ``labels.csv``."""
-    from avret.features.synthetic_media import write_media
-
-    media = d / "clips"
-    media.mkdir(parents=True, exist_ok=True)
-    rows = ["clip_id,label,split"]
-    for i in range(n):
-        low = i % 2 == 0
-        write_media(media / f"c{i}.mp4", seconds=1.0, freq=300.0 if low else 2000.0, noise=not low)
-        rows.append(f"c{i},{'low' if low else 'high'},{'test' if i >= n - n_test else 'train'}")
-    (d / "labels.csv").write_text("\n".join(rows) + "\n")
-    return media
-
-
-def write_tone_wav(path: Path, freq: float, seconds: float = 1.5, rate: int = 16000) -> Path:
-    """A mono 16-bit PCM wav of a sine tone."""
-    t = np.arange(int(seconds * rate)) / rate
-    pcm = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path
-
-
 def build_media_index(d: Path, n: int = 12) -> dict[str, Path]:
     """features extract → train (2 epochs) → index build over generated media; returns the paths."""
     from avret.data.folder import load_folder
     from avret.features.extract import ExtractConfig, extract_features
+    from avret.features.synthetic_media import write_labelled_media
     from avret.index.pipeline import build_indexes
     from avret.io import load_model
     from avret.train.runs import train_run
     from avret.train.towers import TrainConfig
 
     models = make_tiny_extractors(d / "models")
-    media = make_labelled_media(d, n)
+    media, _ = write_labelled_media(d, n)
     feats, run, index = d / "feats", d / "run", d / "index"
     cfg = ExtractConfig(vggish=models["vggish"], clip_model=str(models["clip_cfg"]), clip_weights=models["clip"],
                         fps=1.0, max_frames=2, workers=0, device="cpu", labels=d / "labels.csv")

@@ -22,7 +22,7 @@ from avret.features.extract import (
     extract_features,
     list_media,
 )
-from avret.features.synthetic_media import write_media
+from avret.features.synthetic_media import write_labelled_media, write_media, write_wav
 from avret.features.vggish import VGGish
 from avret.models.clip import load_clip
 
@@ -304,32 +304,12 @@ def test_inception_features_with_pca(tmp_path, media):
 # ------------------------------------------------------------------ extract -> train -> index -> media query
 
 
-def _write_wav(path: Path, freq: float, seconds: float = 1.5, rate: int = 16000) -> Path:
-    import wave
-
-    t = np.arange(int(seconds * rate)) / rate
-    pcm = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path
-
-
 def test_cli_extract_train_index_and_search_by_wav(models, tmp_path):
     from typer.testing import CliRunner
 
     from cli.main import app
 
-    media = tmp_path / "clips"
-    media.mkdir()
-    rows = ["clip_id,label,split"]
-    for i in range(12):
-        low = i % 2 == 0
-        write_media(media / f"c{i}.mp4", seconds=1.0, freq=300.0 if low else 2000.0, noise=not low)
-        rows.append(f"c{i},{'low' if low else 'high'},{'test' if i >= 8 else 'train'}")
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    media, _ = write_labelled_media(tmp_path, 12)
     feats, run, index = tmp_path / "feats", tmp_path / "run", tmp_path / "index"
     runner = CliRunner()
 
@@ -343,7 +323,7 @@ def test_cli_extract_train_index_and_search_by_wav(models, tmp_path):
        "--workers", "0", "--device", "cpu", "--no-progress", "--labels", tmp_path / "labels.csv")
     ok("train", "--dataset", feats, "--out", run, "--epochs", "2")
     ok("index", "build", "--dataset", feats, "--model", run, "--out", index)
-    query = _write_wav(tmp_path / "query.wav", 300.0)
+    query = write_wav(tmp_path / "query.wav", 1.5, 300.0)
     res = ok("search", "audio-to-video", "--index", index, "--query", query, "--features", feats, "-k", "3", "--json")
     hits = json.loads(res.stdout)["queries"][0]["results"]
     assert len(hits) == 3 and all(h["clip_id"].startswith("c") for h in hits)

@@ -21,30 +21,15 @@ from avret.errors import DataError
 from avret.features import vggish_frontend as fe
 from avret.features.decode import AudioStream, decode_audio, decode_clip, decode_frames
 from avret.features.extract import QUERY_MAX_SECONDS, ExtractConfig, embed_query_media
-from avret.features.synthetic_media import write_media
+from avret.features.synthetic_media import write_media, write_wav
 from avret.features.vggish import VGGish
-
-
-def write_silent_wav(path: Path, seconds: float, rate: int = 16000) -> Path:
-    """A mono 16-bit silent wav written in 10-s blocks (the test itself never holds the whole)."""
-    block = np.zeros(10 * rate, "<i2").tobytes()
-    n = int(seconds * rate)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        while n > 0:
-            k = min(n, 10 * rate)
-            w.writeframes(block[: 2 * k])
-            n -= k
-    return path
 
 
 @pytest.fixture(scope="module")
 def wavs(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("long")
-    return {"30s": write_silent_wav(d / "q30s.wav", 30), "4min": write_silent_wav(d / "q4min.wav", 240),
-            "10min": write_silent_wav(d / "q10min.wav", 600)}
+    return {"30s": write_wav(d / "q30s.wav", 30), "4min": write_wav(d / "q4min.wav", 240),
+            "10min": write_wav(d / "q10min.wav", 600)}
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +99,7 @@ def test_streamed_audio_equals_the_whole_waveform(tmp_path):
     assert examples.shape == ref.shape == (7, 96, 64)
     torch.testing.assert_close(examples, ref, atol=1e-4, rtol=1e-5)
     # A file shorter than one example still gives one (zero-padded) example, as the whole does.
-    short = write_silent_wav(tmp_path / "short.wav", 0.3)
+    short = write_wav(tmp_path / "short.wav", 0.3)
     assert torch.cat(list(AudioStream(short).examples())).shape == (1, 96, 64)
 
 

@@ -13,12 +13,13 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from avret.errors import QueryError, UnknownClipError
+from avret.features.synthetic_media import write_wav
 from avret.index.pipeline import build_indexes
 from avret.index.searcher import Searcher
 from avret.io import load_model
 from avret.serve.app import create_app
 from cli.main import app as cli_app
-from tests.fixtures_media import build_media_index, write_tone_wav
+from tests.fixtures_media import build_media_index
 
 TOKEN = "s3cret-token-1"
 
@@ -247,7 +248,7 @@ def test_media_is_served_with_ranges_only_from_the_index_table(media_client, med
 
 def test_upload_search_and_bad_uploads(media_client, media_index, tmp_path):
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    wav = write_tone_wav(tmp_path / "q.wav", 300.0)
+    wav = write_wav(tmp_path / "q.wav", 1.5, 300.0)
     res = media_client.post("/search/media", headers=auth, data={"direction": "audio-to-video", "k": "4"},
                             files={"file": ("q.wav", wav.read_bytes(), "audio/wav")})
     assert res.status_code == 200, res.text

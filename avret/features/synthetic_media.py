@@ -1,4 +1,5 @@
-"""Small synthetic media files (tone or noise audio, a square moving over a gradient) written with PyAV.
+"""Small synthetic media files (tone or noise audio, a square moving over a gradient) written with PyAV,
+plain wavs (a tone or silence, of any length) and a small labelled media set.
 
 Used by the tests and ``benchmarks/bench_features.py`` so neither needs real data: H.264 + AAC in
 ``.mp4`` (like the MOSI / VEGAS clips), AAC-only ``.m4a``, 16-bit PCM ``.wav``; with or without an
@@ -73,3 +74,41 @@ def write_media(
             for pkt in a_s.encode(None):
                 c.mux(pkt)
     return path
+
+
+def write_wav(path: str | Path, seconds: float, freq: float | None = None, rate: int = 16000) -> Path:
+    """A mono 16-bit PCM wav: a sine tone of ``freq`` Hz (amplitude 0.3), or silence when ``freq`` is None.
+
+    Written in 10-s blocks, so a long (e.g. one-hour) file never sits in memory whole.
+    """
+    import wave
+
+    path = Path(path)
+    n, block = int(seconds * rate), 10 * rate
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        for start in range(0, n, block):
+            t = np.arange(start, min(n, start + block)) / rate
+            sig = np.zeros_like(t) if freq is None else 0.3 * np.sin(2 * np.pi * freq * t)
+            w.writeframes((sig * 32767).astype("<i2").tobytes())
+    return path
+
+
+def write_labelled_media(directory: str | Path, n: int = 12, n_test: int = 4) -> tuple[Path, Path]:
+    """``n`` one-second mp4 clips ``c0..c{n-1}`` in ``directory/clips`` (even: a 300 Hz tone, class
+    'low'; odd: noise, class 'high'; the last ``n_test`` in the test split) and ``directory/labels.csv``.
+
+    Returns ``(media_dir, labels_csv)``.
+    """
+    directory = Path(directory)
+    media = directory / "clips"
+    media.mkdir(parents=True, exist_ok=True)
+    rows = ["clip_id,label,split"]
+    for i in range(n):
+        low = i % 2 == 0
+        write_media(media / f"c{i}.mp4", seconds=1.0, freq=300.0 if low else 2000.0, noise=not low)
+        rows.append(f"c{i},{'low' if low else 'high'},{'test' if i >= n - n_test else 'train'}")
+    (directory / "labels.csv").write_text("\n".join(rows) + "\n")
+    return media, directory / "labels.csv"

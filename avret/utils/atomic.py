@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -287,7 +287,7 @@ def atomic_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterato
         final.parent.mkdir(parents=True, exist_ok=True)
         recover_output(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
-        try:
+        with disk_errors(final, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
             tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; outputs follow the user's umask
             yield tmp
             fsync_tree(tmp)
@@ -302,12 +302,6 @@ def atomic_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterato
             else:
                 os.replace(tmp, final)
                 fsync_dir(final.parent)
-        except BaseException as exc:
-            err = disk_error(exc, final)  # before the cleanup frees the space
-            shutil.rmtree(tmp, ignore_errors=True)
-            if err is not None:
-                raise err from None
-            raise
 
 
 @contextlib.contextmanager
@@ -325,33 +319,28 @@ def atomic_file(final: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent)
         os.close(fd)
         tmp = Path(tmp_name)
-        try:
+        with disk_errors(final, cleanup=lambda: tmp.unlink(missing_ok=True)):
             tmp.chmod(0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the user's umask
             with open(tmp, mode) as fh:
                 yield fh
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
-        except BaseException as exc:
-            err = disk_error(exc, final)  # before the cleanup frees the space
-            tmp.unlink(missing_ok=True)
-            if err is not None:
-                raise err from None
-            raise
 
 
 @contextlib.contextmanager
-def disk_errors(final: str | os.PathLike[str]) -> Iterator[None]:
+def disk_errors(final: str | os.PathLike[str], cleanup: Callable[[], Any] | None = None) -> Iterator[None]:
     """Turn a failure to write ``final`` on a full, read-only or forbidden location into one
     :class:`OutputError` line naming ``final`` (an inner output's error is re-worded for the outer one).
-    Other exceptions pass unchanged.
+    Other exceptions pass unchanged. On any exception ``cleanup()`` (e.g. removing a temporary) runs
+    first -- after the disk has been looked at, since the cleanup frees space.
     """
     try:
         yield
-    except OutputError as exc:
-        raise OutputError(final, exc.reason) from None
     except BaseException as exc:
-        err = disk_error(exc, final)
+        err = OutputError(final, exc.reason) if isinstance(exc, OutputError) else disk_error(exc, final)
+        if cleanup is not None:
+            cleanup()
         if err is None:
             raise
         raise err from None
@@ -380,7 +369,7 @@ def commit_files(out_dir: str | os.PathLike[str], *, last: str, remove: tuple[st
         out_dir.mkdir(parents=True, exist_ok=True)
         recover_commits(out_dir)
         stage = Path(tempfile.mkdtemp(prefix=f"{COMMIT_STAGE_PREFIX}{os.getpid()}-", dir=out_dir))
-        try:
+        with disk_errors(out_dir, cleanup=lambda: shutil.rmtree(stage, ignore_errors=True)):
             stage.chmod(0o777 & ~current_umask())
             yield stage
             install = sorted(f.name for f in stage.iterdir())
@@ -395,12 +384,6 @@ def commit_files(out_dir: str | os.PathLike[str], *, last: str, remove: tuple[st
             commit = out_dir / f"{COMMIT_PREFIX}{stage.name[len(COMMIT_STAGE_PREFIX):]}"
             os.rename(stage, commit)  # the commit point
             fsync_dir(out_dir)
-        except BaseException as exc:
-            err = disk_error(exc, out_dir)  # before the cleanup frees the space
-            shutil.rmtree(stage, ignore_errors=True)
-            if err is not None:
-                raise err from None
-            raise
         _apply_commit(out_dir, commit)
 
 
