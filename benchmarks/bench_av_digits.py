@@ -95,9 +95,11 @@ def extract(data: Path, feats: Path, audio: str, args: argparse.Namespace) -> di
     cfg = ExtractConfig(audio_encoder=audio, visual=VISUAL, max_frames=args.max_frames, workers=args.workers,
                         device="cpu", labels=data / "manifest.csv", batch_size=64)
     step = max(1, args.progress_every)
+    shown = [0]
 
-    def progress(done: int, total: int) -> None:
-        if done % step == 0 or done == total:
+    def progress(done: int, total: int) -> None:  # called per batch: print each time a multiple of step is passed
+        if done // step > shown[0] or done == total:
+            shown[0] = done // step
             print(f"  {audio}+{VISUAL}: {done}/{total} clips", flush=True)
 
     report = extract_features([data / "media"], feats, cfg, progress=progress)
