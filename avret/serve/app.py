@@ -165,7 +165,6 @@ def create_app(
 
     @app.post("/search/media", dependencies=[Depends(authorize)])
     def search_media(
-        request: Request,
         file: UploadFile = File(..., description="a wav/mp4/... file"),
         direction: Literal["audio-to-video", "video-to-audio"] = Form(...),
         k: int = Form(10, ge=1, le=MAX_K),
