@@ -6,7 +6,8 @@ feature extraction; ``--limit-per-class N`` for a subset). Needs ``../shared/dat
 
 1. Renders av-digits (``avret.data.av_digits.make_av_digits``: one mp4 per FSDD recording, its
    audio track = the recording, its picture = a handwritten digit of the same class) into
-   ``--cache`` (default ``runs/av-digits/``); an earlier rendering with the same settings is reused.
+   ``--cache`` (default ``runs/bench-av-digits/``, not ``runs/av-digits``, which the README's
+   commands write); an earlier rendering with the same settings is reused.
 2. Extracts features for each encoder pair (``--pairs``; default aisfx + EfficientNet-Lite0 and
    log-mel + EfficientNet-Lite0) with ``avret.features.extract_features``, once per pair; a complete
    features folder from an earlier run is reused (extraction resumes, nothing is redone).
@@ -215,7 +216,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cache", type=Path, default=REPO / "runs" / "av-digits",
+    ap.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-av-digits",
                     help="where renderings, features, runs and indexes are kept (reused across runs)")
     ap.add_argument("--fsdd", type=Path, default=None, help="FSDD recordings (default: $AVRET_FSDD or ../shared)")
     ap.add_argument("--limit-per-class", type=int, default=None, help="recordings per digit and split (subset)")
@@ -235,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     fsdd = resolve_fsdd_dir(args.fsdd)
     tag = ("all" if args.limit_per_class is None else f"lim{args.limit_per_class}") + f"-s{args.data_seed}"
     cache = args.cache
+    if (cache / "manifest.csv").exists() or (cache / "av_digits.json").exists():
+        raise SystemExit(f"--cache {cache}: holds a data set or features folder; expected a folder of its own "
+                         "(the benchmark writes sub-folders into it)")
     cache.mkdir(parents=True, exist_ok=True)
     load_before = load_check(label="before")
     stages = Stages()
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
                                          ds, runs, model_type, seeds)
         s0 = next(r for r in res["towers"] if r["seed"] == seeds[0])
         res["search"] = stages.run(f"index + wav search {audio}", search_check, ds, Path(s0["run"]),
-                                   cache / f"index-{audio}-{VISUAL}-{tag}-s{seeds[0]}", feats, fsdd)
+                                   cache / f"index-{audio}-{VISUAL}-{tag}-towers-s{seeds[0]}", feats, fsdd)
         res["search"]["eval_seed0_a2v_p10"] = s0["a2v_p10"]
         results["pairs"][pair] = res
         print(f"\n{pair}: test mAP (%) over seeds {seeds}", flush=True)
