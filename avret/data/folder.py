@@ -26,6 +26,7 @@ import numpy as np
 from avret.data.dataset import SPLITS, UNLABELLED, AVDataset, check_numeric
 from avret.errors import DataError
 from avret.utils.atomic import recover_commits
+from avret.utils.csvfile import csv_errors
 
 MANIFEST = "manifest.csv"
 ARRAYS = {"audio": "audio.npy", "visual": "visual.npy"}
@@ -83,7 +84,7 @@ def read_manifest(path: Path) -> tuple[list[str], list[str], list[str]]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         lineno, end = 1, 1
-        try:
+        with csv_errors(path, "a UTF-8 manifest CSV (clip_id,label,split)", lambda: lineno):
             if reader.fieldnames is None or "clip_id" not in reader.fieldnames:
                 raise DataError(f"{path}: header {reader.fieldnames} has no 'clip_id' column; "
                                 "expected clip_id,label,split")
@@ -107,11 +108,6 @@ def read_manifest(path: Path) -> tuple[list[str], list[str], list[str]]:
                 ids.append(cid)
                 labels.append((row.get("label") or "").strip())
                 splits.append(split)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason} after line {lineno}); "
-                            "expected a UTF-8 manifest CSV") from None
-        except csv.Error as exc:
-            raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
     return ids, labels, splits
 
 

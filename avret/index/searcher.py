@@ -20,6 +20,7 @@ does not hold any lock that searches wait on.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,19 +82,13 @@ def media_table(clip_ids: list[str], paths: list[str | None], features: str | Pa
     known = {cid: Path(p).resolve() for cid, p in zip(clip_ids, paths, strict=True) if p}
     if not known:
         return {}
-    root = Path(_common_root(list(known.values())))
+    root = Path(os.path.commonpath([str(p.parent) for p in known.values()]))
     return {
         "format_version": MEDIA_FORMAT_VERSION,
         "media_root": str(root),
         "features": str(Path(features).resolve()) if features else None,
         "clips": {cid: p.relative_to(root).as_posix() for cid, p in known.items()},
     }
-
-
-def _common_root(paths: list[Path]) -> str:
-    import os
-
-    return os.path.commonpath([str(p.parent) for p in paths])
 
 
 class Searcher:
@@ -144,7 +139,8 @@ class Searcher:
         media = _read_media(self.root / MEDIA_FILE)
         self._media_clips: dict[str, str] = media.get("clips", {})
         recorded_root = media.get("media_root")
-        self.media_root = Path(media_root).resolve() if media_root else (Path(recorded_root) if recorded_root else None)
+        root = media_root or recorded_root
+        self.media_root = Path(root).resolve() if root else None
         recorded_features = media.get("features")
         self.features = Path(features) if features else (Path(recorded_features) if recorded_features else None)
         if load_model or model is not None:  # a model named by the caller is checked at once
@@ -210,28 +206,15 @@ class Searcher:
         return embedder
 
     # ------------------------------------------------------------------ clips
-    def class_of(self, clip_id: str) -> str | None:
-        """The class name of an indexed clip (None when unlabelled)."""
-        for index in self.indexes.values():
-            try:
-                label = int(index.labels[index.rows_of([clip_id])[0]])
-            except QueryError:
-                continue
-            return index.class_names[label] if 0 <= label < len(index.class_names) else None
-        raise UnknownClipError(f"clip id {clip_id!r} is not in index {self.root}")
-
     def media_path(self, clip_id: str) -> Path | None:
         """The media file of ``clip_id`` from the index's own table, only if it lies under ``media_root``."""
         rel = self._media_clips.get(clip_id)
         if rel is None or self.media_root is None:
             return None
         path = (self.media_root / rel).resolve()
-        if not path.is_relative_to(self.media_root.resolve()) or not path.is_file():
+        if not path.is_relative_to(self.media_root) or not path.is_file():
             return None
         return path
-
-    def has_media(self, clip_id: str) -> bool:
-        return clip_id in self._media_clips
 
     # ------------------------------------------------------------------ searches
     def search_clip_ids(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avret.errors import DataError
+from avret.utils.csvfile import csv_errors
 
 SPLITS = ("train", "dev", "test")
 SPLIT_ALIASES = {"train": "train", "dev": "dev", "valid": "dev", "val": "dev", "validation": "dev",
@@ -28,6 +29,9 @@ LABEL_MIN, LABEL_MAX = -3.0, 3.0
 DATASETS = ("mosi", "mosei")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+
+LABEL_CSV = "a UTF-8 MMSA label.csv (id,text,label,mode)"
+SCORES_CSV = "a UTF-8 teacher score CSV: id,score"
 
 @dataclass(frozen=True)
 class SentimentExample:
@@ -68,12 +72,8 @@ def load_label_csv(path: str | Path) -> list[SentimentExample]:
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     with fh:
-        try:
+        with csv_errors(path, LABEL_CSV):
             return _read_label_rows(path, fh)
-        except csv.Error as exc:
-            raise DataError(f"{path}: malformed CSV ({exc})") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason}); expected a UTF-8 MMSA label.csv") from None
 
 
 def _read_label_rows(path: Path, fh) -> list[SentimentExample]:
@@ -94,7 +94,7 @@ def _read_label_rows(path: Path, fh) -> list[SentimentExample]:
                             "(expected the MMSA label.csv layout: id,text,label,mode)")
     examples: list[SentimentExample] = []
     seen: dict[str, int] = {}
-    try:
+    with csv_errors(path, LABEL_CSV, lambda: reader.line_num):
         for row in reader:
             line = reader.line_num
             if None in row:
@@ -118,11 +118,6 @@ def _read_label_rows(path: Path, fh) -> list[SentimentExample]:
                                 "(expected unique ids)")
             seen[ex_id] = line
             examples.append(SentimentExample(ex_id, text.strip(), label, split))
-    except csv.Error as exc:
-        raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} after line {reader.line_num}); "
-                        "expected a UTF-8 MMSA label.csv") from None
     if not examples:
         raise DataError(f"{path}: no data rows (expected an MMSA label.csv with at least one row)")
     return examples
@@ -176,15 +171,13 @@ def read_teacher_scores(path: str | Path) -> dict[str, float]:
     scores: dict[str, float] = {}
     with fh:
         reader = csv.DictReader(fh)
-        try:
+        with csv_errors(path, SCORES_CSV):
             fields = [f.strip() for f in (reader.fieldnames or [])]
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not a UTF-8 CSV file ({exc}); expected a teacher score CSV: id,score") from None
         reader.fieldnames = fields
         if "id" not in fields or "score" not in fields:
             raise DataError(f"{path}: header {fields or '(empty)'} lacks 'id' and 'score' "
                             "(expected a teacher score CSV: id,score)")
-        try:
+        with csv_errors(path, SCORES_CSV, lambda: reader.line_num):
             for row in reader:
                 line = reader.line_num
                 ex_id = (row.get("id") or "").strip()
@@ -202,10 +195,6 @@ def read_teacher_scores(path: str | Path) -> dict[str, float]:
                     raise DataError(f"{path}: line {line}: id {ex_id!r} appears twice "
                                     "(expected one score per id)")
                 scores[ex_id] = value
-        except csv.Error as exc:
-            raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason}); expected a teacher score CSV: id,score") from None
     if not scores:
         raise DataError(f"{path}: no teacher scores (expected rows id,score)")
     return scores
