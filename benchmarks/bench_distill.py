@@ -11,6 +11,11 @@ identical across methods (only the towers run at inference).
     python -m benchmarks.bench_distill --settings n1500-default --mixed-fraction 0   # control
     python -m benchmarks.bench_distill --settings n1500-default --methods none --true-labels
     python -m benchmarks.bench_distill --settings n1500-default --methods videoadviser --relevance-loss mse --weight 5
+    python -m benchmarks.bench_distill --fair     # THE comparison: the fair, val-tuned protocol (fair_protocol.py)
+
+``--fair`` runs :mod:`benchmarks.fair_protocol` on ``--settings`` (default n1500-default): every method
+(none, kd, videoadviser, msd with each weighting, mi-kd) gets the same four configurations' budget,
+chosen on val per seed, tested once; runs are kept in ``runs/bench-distill-fair/`` so a re-run resumes.
 """
 
 from __future__ import annotations
@@ -60,7 +65,13 @@ def main() -> None:
                         help="override vegas-synth's share of mixed clips (0: the control without them)")
     parser.add_argument("--true-labels", action="store_true",
                         help="diagnostic: train on the simulation's true labels (what no real data set offers)")
+    parser.add_argument("--fair", action="store_true", help="the fair, val-tuned protocol (benchmarks.fair_protocol)")
+    parser.add_argument("--rows", default=None, help="--fair: method rows (default: all)")
+    parser.add_argument("--workdir", default="runs/bench-distill-fair", help="--fair: where the runs are kept")
     args = parser.parse_args()
+    if args.fair:
+        fair(args)
+        return
     methods = args.methods.split(",")
     variant = "".join([f"-mixed{args.mixed_fraction:g}" if args.mixed_fraction is not None else "",
                        f"-{args.relevance_loss}" if args.relevance_loss != "bce" else "",
@@ -156,6 +167,36 @@ def main() -> None:
         "true_labels": args.true_labels, "runs": records, "summary": summary, "machine": machine_info()})
     print(f"wrote {path}")
     assert np.isfinite([r["mean"] for r in records]).all()
+
+
+def fair(args: argparse.Namespace) -> None:
+    from benchmarks import fair_protocol
+    from benchmarks._common import RESULTS_DIR, load_check
+
+    load = load_check(100.0, "bench_distill --fair (mAP only: the load changes no result)")
+    torch.set_num_threads(args.threads)
+    names = (args.settings or "n1500-default").split(",")
+    rows = args.rows.split(",") if args.rows else list(fair_protocol.method_grids())
+    seeds = list(range(args.seeds))
+    results: dict = {"synthetic": True, "protocol": fair_protocol.__doc__, "seeds": seeds, "settings": {},
+                     "load_before": load, "machine": machine_info()}
+    md = []
+    for name in names:
+        ds = make_vegas_synth(SETTINGS[name])
+        t0 = time.perf_counter()
+        res = fair_protocol.run_protocol(ds, Path(args.workdir) / name, rows, seeds,
+                                         epochs=20 if args.quick else None, teacher_epochs=5 if args.quick else 20)
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        results["settings"][name] = {"synth": asdict(SETTINGS[name]), **res}
+        title = (f"vegas-synth {name} (SYNTHETIC data) — fair protocol: {fair_protocol.GRID_SIZE} configurations "
+                 f"per method chosen on val mAP, test mAP (%) mean ± std over seeds {seeds}")
+        print("\n" + title)
+        print_table(*fair_protocol.table(res["summary"]))
+        md.append(fair_protocol.markdown(title, res["summary"]))
+    name = "bench_distill_fair" + ("_quick" if args.quick else "")
+    path = write_results(name, results)
+    (RESULTS_DIR / f"{name}.md").write_text("\n".join(md))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from cli.options import (
     open_dataset,
     with_frames,
 )
-from cli.progress import progress_bar, status
+from cli.train import rank0_output
 
 
 @user_errors
@@ -46,6 +46,8 @@ def distill(
     seed: int = typer.Option(0, "--seed"),
     epochs: int | None = typer.Option(None, "--epochs", help="Student (tower) epochs at most "
                                       "(default: 80, the towers' TrainConfig)"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Towers' clips per mini-batch per process "
+                                          "(default: 256; under torchrun the global batch is N × this)"),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
@@ -64,21 +66,24 @@ def distill(
 
     check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before the data set is built
     epochs = TrainConfig.epochs if epochs is None else epochs
+    batch_size = TrainConfig.batch_size if batch_size is None else batch_size
     for value, option in ((epochs, "--epochs"), (teacher_epochs, "--teacher-epochs"),
-                          (msd_teacher_epochs, "--msd-teacher-epochs")):
+                          (msd_teacher_epochs, "--msd-teacher-epochs"), (batch_size, "--batch-size")):
         require_int(value, option)
+    say, bar, main = rank0_output()
     ds = with_frames(open_dataset(dataset, data, synth_clips, synth_seed), frames)
-    status(ds.describe())
+    say(ds.describe())
     cfg = DistillConfig(method=method, clip_model=clip_model, clip_weights=clip_weights,
                         prompt_conditioning=prompts, pooling=pooling, teacher_use_audio=teacher_audio,
                         teacher_epochs=teacher_epochs, student_target=student_target,
                         relevance_loss=relevance_loss, weight=weight,
                         options=_method_options(method, msd_weighting, msd_fusion, msd_teacher_epochs, mi_weights))
-    with progress_bar(f"distill ({method}) towers", total=epochs) as update:
-        tcfg = TrainConfig(seed=seed, epochs=epochs, device=device, precision=precision)
-        run = run_distillation(ds, out, cfg, tcfg, status=status, overwrite=overwrite,
+    with bar(f"distill ({method}) towers", total=epochs) as update:
+        tcfg = TrainConfig(seed=seed, epochs=epochs, batch_size=batch_size, device=device, precision=precision)
+        run = run_distillation(ds, out, cfg, tcfg, status=say, overwrite=overwrite,
                                progress=lambda e, n, r: update(e, n, f"val mAP {r['val_map']:.4f}"))
-    typer.echo(f"wrote {run} (device {read_run(run).get('device', 'cpu')})")
+    if main:
+        typer.echo(f"wrote {run} (device {read_run(run).get('device', 'cpu')})")
 
 
 def _method_options(method: str, msd_weighting: str, msd_fusion: str, msd_teacher_epochs: int,

@@ -58,7 +58,9 @@ def extract(
     fps: float = typer.Option(1.0, "--fps", help="Video frames sampled per second."),
     max_frames: int = typer.Option(32, "--max-frames", help="Frames per clip at most (spread evenly)."),
     batch_size: int = typer.Option(64, "--batch-size", help="VGGish examples / frames per forward pass."),
-    workers: int = typer.Option(0, "--workers", help="DataLoader decoding processes (0: in-process)."),
+    workers: int = typer.Option(
+        0, "--workers", help="DataLoader decoding processes (0: in-process); with --ray: encoder actors (at least 1)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     labels: Path | None = typer.Option(
         None, "--labels", help="UTF-8 CSV clip_id,label[,split] for the manifest (a BOM is fine)."
@@ -72,6 +74,12 @@ def extract(
     ),
     inception_pca: Path | None = typer.Option(
         None, "--inception-pca", help="PCA .npz (mean, components) applied to Inception pool features."
+    ),
+    ray: str | None = typer.Option(
+        None, "--ray", metavar="local|auto|HOST:PORT",
+        help="Run on Ray Data: 'local' starts Ray on this machine; 'auto' or HOST:PORT joins a running cluster. "
+        "Decoding in CPU tasks, encoders in --workers actors (a GPU each when the cluster has GPUs); the same "
+        "output folder. Needs pip install -e '.[scale]'.",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the run report as JSON."),
@@ -99,7 +107,13 @@ def extract(
         labels=labels,
         max_seconds=max_seconds,
     )
-    report = extract_features(media, out, config, progress=progress and not json_out)
+    show = progress and not json_out
+    if ray is not None:
+        from avret.features.ray_extract import extract_features_ray
+
+        report = extract_features_ray(media, out, config, address=ray, progress=show)
+    else:
+        report = extract_features(media, out, config, progress=show)
     if json_out:
         echo_json(report.to_json())
         return

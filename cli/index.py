@@ -32,12 +32,24 @@ def build(
     synth_seed: int | None = SynthSeedOpt,
     split: str = typer.Option("all", "--split", help="Clips to index: all | train | val | test"),
     modality: str = typer.Option("both", "--modality", help="Gallery modality: both | visual | audio"),
-    factory: str = typer.Option("Flat", "--factory", help="FAISS factory string (inner product)"),
+    factory: str = typer.Option("Flat", "--factory",
+                                help="FAISS factory string (inner product), or 'auto': chosen for the gallery "
+                                     "size and --max-memory, nprobe tuned to --target-recall"),
+    max_memory: str | None = typer.Option(None, "--max-memory",
+                                          help="With --factory auto: RAM the index may take when searched "
+                                               "(e.g. 512MB, 4GB; powers of 1024)"),
+    target_recall: float | None = typer.Option(None, "--target-recall",
+                                               help="With --factory auto: recall@10 nprobe is tuned to on a "
+                                                    "held-out sample (default 0.95)"),
+    shards: int | None = typer.Option(None, "--shards",
+                                      help="Build in this many slices in parallel and merge them into one index "
+                                           "(IVF lists on disk); default one per million clips"),
+    workers: int | None = typer.Option(None, "--workers", help="Shards built at once (default: CPU count)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Embed the chosen clips with the model's towers and index them (exact inner product by default)."""
-    from avret.index.pipeline import build_indexes
+    from avret.index.pipeline import build_indexes, check_build_options
     from avret.io import load_model
     from avret.models.base import require_embedder
     from avret.utils.atomic import INDEX_MARKERS, check_output
@@ -45,12 +57,22 @@ def build(
     modalities = {"both": ("visual", "audio"), "visual": ("visual",), "audio": ("audio",)}
     if modality not in modalities:
         raise typer.BadParameter(f"--modality {modality}: expected both, visual or audio")
+    check_build_options(factory, max_memory, target_recall, shards, workers)
     embedder = require_embedder(load_model(model), model)
     check_output(out, "index root", INDEX_MARKERS, overwrite=overwrite, reads=(model,))  # before any work
     ds = open_dataset(dataset_of_models(dataset, [model], synth_clips, synth_seed), data, synth_clips, synth_seed)
     status(ds.describe())
     built = build_indexes(embedder, ds, out, split=split, modalities=modalities[modality],
-                          factory=factory, device=device, progress=status, overwrite=overwrite)
+                          factory=factory, device=device, progress=status, overwrite=overwrite,
+                          max_memory=max_memory, target_recall=target_recall, shards=shards, workers=workers)
     for mod, index in built.items():
-        typer.echo(f"wrote {out / mod}: {index.count} {mod} clips, dim {index.dim}, factory {factory} "
-                   f"(built on device {index.device})")
+        m = index.manifest
+        typer.echo(f"wrote {out / mod}: {index.count} {mod} clips, dim {index.dim}, factory {m.factory}"
+                   f"{f' in {m.shards} shards' if m.shards > 1 else ''} (built on device {index.device})")
+        if m.auto is not None:
+            typer.echo(f"  auto: {m.auto['reason']}")
+        if m.tuning is not None:
+            t = m.tuning
+            met = "" if t["target_met"] else f" (target {t['target_recall']} not reachable with this index)"
+            typer.echo(f"  nprobe {t['nprobe']}: recall@{t['k']} {t['recall']:.3f} on {t['sample_size']} held-out "
+                       f"clips{met}")

@@ -1,7 +1,14 @@
-"""``avret train``: train retrieval towers (or fit the CCA baseline) without distillation."""
+"""``avret train``: train retrieval towers (or fit the CCA baseline) without distillation.
+
+``torchrun --nproc-per-node N .venv/bin/avret train ...`` trains with N processes (the library
+detects torchrun's environment; :mod:`avret.train.distributed`); status lines, the progress bar and
+the final line come from rank 0 only.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -30,6 +37,8 @@ def train(
     synth_seed: int | None = SynthSeedOpt,
     seed: int = typer.Option(0, "--seed"),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs at most (default: 80, the towers' TrainConfig)"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Clips per mini-batch per process "
+                                          "(default: 256; under torchrun the global batch is N × this)"),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
@@ -42,11 +51,31 @@ def train(
 
     check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before the data set is built
     epochs = TrainConfig.epochs if epochs is None else epochs
+    batch_size = TrainConfig.batch_size if batch_size is None else batch_size
     require_int(epochs, "--epochs")
+    require_int(batch_size, "--batch-size")
+    say, bar, main = rank0_output()
     ds = open_dataset(dataset, data, synth_clips, synth_seed)
-    status(ds.describe())
-    cfg = TrainConfig(seed=seed, epochs=epochs, device=device, precision=precision)
-    with progress_bar(f"train {model_type}", total=epochs) as update:
+    say(ds.describe())
+    cfg = TrainConfig(seed=seed, epochs=epochs, batch_size=batch_size, device=device, precision=precision)
+    with bar(f"train {model_type}", total=epochs) as update:
         run = train_run(ds, out, model_type, cfg, overwrite=overwrite,
                         progress=lambda e, n, r: update(e, n, f"val mAP {r['val_map']:.4f}"))
-    typer.echo(f"wrote {run} (device {read_run(run).get('device', 'cpu')})")
+    if main:
+        meta = read_run(run)
+        world = meta.get("world_size", 1)
+        typer.echo(f"wrote {run} (device {meta.get('device', 'cpu')}" + (f", {world} processes)" if world > 1 else ")"))
+
+
+def rank0_output() -> tuple[Callable[[str], None], Callable[..., contextlib.AbstractContextManager], bool]:
+    """``(status, progress_bar, is_main)``: the real ones on rank 0 (or alone), silent ones on other ranks."""
+    from avret.train.distributed import is_main_process
+
+    if is_main_process():
+        return status, progress_bar, True
+
+    @contextlib.contextmanager
+    def silent_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+        yield lambda *args, **kwargs: None
+
+    return (lambda _message: None), silent_bar, False

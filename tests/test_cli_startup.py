@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "faiss", "fastapi", "h5py", "av", "transformers", "open_clip")
+HEAVY = ("torch", "faiss", "fastapi", "h5py", "av", "transformers", "open_clip", "ray")
 
 
 def _modules_after(code: str) -> set[str]:

@@ -12,6 +12,16 @@ Each piece is written atomically as soon as it is done; re-running the same comm
 finished pieces (a finished teacher is reused when its settings match), so an interrupted run
 resumes. The test split is never used: the teacher, the relevance head and the towers are all
 selected on the same validation split carved from ``train``.
+
+Under torchrun (``torchrun --nproc-per-node N avret distill ...``) every rank reads ``out`` and trains
+the teacher, step 1 and a method's own teacher (MSD) identically, in parallel, on its own device (the
+same seed, the same data); only rank 0 writes (after a barrier, so that no rank is still reading what
+it replaces). When the towers start, every parameter and buffer of the towers and of the auxiliary
+loss (the teacher's targets, its relevance head, MI-KD's teacher) is broadcast from rank 0, so all
+ranks distil from rank 0's teacher bit for bit; the towers are then trained data-parallel with the
+global batch (:mod:`avret.train.towers`). ``out`` must be on a file system every rank sees.
+``run.json`` records ``world_size``; a resume needs the same ``world_size`` (the global batch is part
+of the settings).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from avret.distill.methods import METHODS, NEEDS_TEACHER, build_method
 from avret.errors import AvretError, ModelError
 from avret.io import FORMAT_VERSION, verify_run, write_run
 from avret.models.towers import TowerConfig
+from avret.train import distributed as dist
 from avret.train.loop import STATE_FILE
 from avret.train.runs import run_metadata, towers_metadata
 from avret.train.towers import TrainConfig, train_towers
@@ -100,7 +111,8 @@ def _teacher_outputs(dataset: AVDataset, config: DistillConfig, out: Path, seed:
         hist = train_teacher_on_dataset(teacher, dataset, epochs=config.teacher_epochs, lr=config.teacher_lr,
                                         batch_size=config.teacher_batch_size, seed=seed, num_threads=1,
                                         device=device, precision=precision)
-        teacher.save_pretrained(tdir)
+        dist.barrier()  # every rank has read the earlier teacher before rank 0 replaces it
+        dist.on_main(lambda: teacher.save_pretrained(tdir))
         info = {"teacher_key": key, "teacher_history": hist, "teacher_seconds": time.perf_counter() - started}
     use_audio = bool(config.teacher_use_audio)
     train, val = dataset.subset("train"), dataset.subset("val")
@@ -115,7 +127,8 @@ def _teacher_outputs(dataset: AVDataset, config: DistillConfig, out: Path, seed:
         fit = fit_relevance_head(head, post, train.labels, val=(val_post, val.labels), seed=seed, device=device)
         info = {**info, "tau": head.tau.item(), "step1": fit,
                 "teacher_val_accuracy": float((val_post.argmax(1).numpy() == val.labels).mean())}
-        write_json(step1_file, info)
+        dist.barrier()
+        dist.on_main(lambda: write_json(step1_file, info))
     return TeacherOutputs(logits, post, head.cpu()), info
 
 
@@ -214,15 +227,17 @@ def run_distillation(
     out = Path(out)
     check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)
     resolve_device(tcfg.device)  # a bad --device fails here, before anything is written
+    dist.init_from_env(tcfg.device)
     if overwrite and out.exists() and not holds_output(out, RUN_MARKERS):
         # an explicit --overwrite of something that is not a run: start from an empty directory
-        _discard(out)
+        dist.barrier()
+        dist.on_main(lambda: _discard(out))
     if not isinstance(tcfg.epochs, int) or tcfg.epochs < 1:
         raise AvretError(f"--epochs {tcfg.epochs}: expected an integer >= 1")
     if (out / "run.json").is_file() and (out / "model" / "config.json").is_file():
         done = _read_done(out)
         same = done is not None and done.get("distill_config") == json.loads(json.dumps(asdict(cfg))) and \
-            done.get("train_config") == asdict(tcfg)
+            done.get("train_config") == asdict(tcfg) and done.get("world_size", 1) == dist.world_size()
         damaged = verify_run(out) if same else []
         if same and not damaged:
             say(f"{out} is complete (method {cfg.method}, seed {tcfg.seed}, same settings); nothing to do")
@@ -239,11 +254,12 @@ def run_distillation(
 
         require_teacher_view(dataset)  # before anything is written
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()  # every rank has looked at out before rank 0 creates it
+    dist.on_main(lambda: out.mkdir(parents=True, exist_ok=True))
     try:
         return _distill_into(dataset, out, cfg, tcfg, tower_config, say, progress, ref)
     except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
+        if created and dist.is_main_process() and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # nothing was written: leave no empty --out behind
         raise
 
@@ -276,16 +292,22 @@ def _distill_into(dataset: AVDataset, out: Path, cfg: DistillConfig, tcfg: Train
     seed_everything(tcfg.seed)
     aux = build_method(cfg.method, ctx)
     say(f"training towers (method {cfg.method})")
-    state_dir = _towers_state_dir(out, {"distill_config": asdict(cfg), "train_config": asdict(tcfg),
-                                        "tower_config": asdict(tower_cfg), "dataset": ref,
-                                        "teacher": teacher_info.get("teacher_key")}, say)
+    key = {"distill_config": asdict(cfg), "train_config": asdict(tcfg), "tower_config": asdict(tower_cfg),
+           "dataset": ref, "teacher": teacher_info.get("teacher_key"),
+           **({"world_size": dist.world_size()} if dist.world_size() > 1 else {})}
+    dist.barrier()
+    state_dir = dist.on_main(lambda: _towers_state_dir(out, key, say))
     result = train_towers(dataset, tower_cfg, tcfg, aux_loss=aux, progress=progress, checkpoint=str(state_dir))
     meta = run_metadata(
         dataset, cfg.method, tcfg.seed, command="distill", distill_config=asdict(cfg),
         teacher={k: v for k, v in teacher_info.items() if k not in ("teacher_history", "step1")},
         **towers_metadata(result, tcfg),
     )
-    # write_run replaces the directory atomically; keep the teacher pieces by writing into it.
+    return dist.on_main(lambda: _write_distill_run(out, result.model, meta))
+
+
+def _write_distill_run(out: Path, model: Any, meta: dict[str, Any]) -> Path:
+    """write_run replaces the directory atomically; keep the teacher pieces by writing into it."""
     keep = {p.name: p for p in out.iterdir() if p.name in ("teacher", "step1.json")}
 
     def copy_teacher(tmp: Path) -> None:
@@ -294,4 +316,4 @@ def _distill_into(dataset: AVDataset, out: Path, cfg: DistillConfig, tcfg: Train
         for name, src in keep.items():
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)
 
-    return write_run(out, result.model, meta, extra=copy_teacher)
+    return write_run(out, model, meta, extra=copy_teacher)

@@ -13,6 +13,12 @@ same settings skips every file already done and rebuilds the final arrays from t
 that failed are retried on the next run (they may have been fixed). Changing the models or the
 frame sampling between runs is refused (the shards would mix two feature spaces).
 
+A run is three public steps, shared with the Ray runner (:mod:`avret.features.ray_extract`):
+:func:`plan_extraction` (validate, list the media, find what is not done), decoding
+(:func:`decode_media_file`) and encoding groups of decoded clips (:class:`FeatureExtractor`, groups
+cut by :func:`group_is_full`) stored as shards by :meth:`ExtractPlan.store_group`, then
+:func:`finish_extraction` (the final folder, ``failures.json``, ``extract_config.json``).
+
 :func:`embed_query_media` computes the clip-level feature of one query file with the same front
 end and models as recorded in a features directory's ``extract_config.json``.
 """
@@ -336,19 +342,27 @@ def audio_frontend(config: ExtractConfig) -> tuple[int, Callable[[Any], torch.Te
     return AUDIO_FRONTENDS[config.audio_encoder]
 
 
+def decode_media_file(clip_id: str, path: str, config: ExtractConfig, transforms: dict[str, Callable]) -> DecodedClip:
+    """Decode one file as ``features extract`` does (errors become ``.error``, see :func:`decode_clip`).
+
+    ``transforms`` are :meth:`FeatureExtractor.transforms` (visual encoder name -> frame transform).
+    Used by the DataLoader workers of :func:`extract_features` and by the Ray decode tasks
+    (:mod:`avret.features.ray_extract`).
+    """
+    return decode_clip(clip_id, path, config.fps, config.max_frames, transforms, max_seconds=config.max_seconds,
+                       audio_frontend=audio_frontend(config))
+
+
 class _MediaDataset(torch.utils.data.Dataset):
     def __init__(self, items: list[tuple[str, str]], config: ExtractConfig, transforms: dict) -> None:
         self.items, self.config, self.transforms = items, config, transforms
-        self.frontend = audio_frontend(config)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> DecodedClip:
         cid, path = self.items[i]
-        cfg = self.config
-        return decode_clip(cid, path, cfg.fps, cfg.max_frames, self.transforms, max_seconds=cfg.max_seconds,
-                           audio_frontend=self.frontend)
+        return decode_media_file(cid, path, self.config, self.transforms)
 
 
 def _identity(x: Any) -> Any:
@@ -424,7 +438,7 @@ class ExtractReport:
 # --------------------------------------------------------------------------------------------- extraction
 
 
-class _Progress:
+class ExtractProgress:
     """Rich progress bar with clips/s, or a user callback ``(done, total)``, or nothing."""
 
     def __init__(self, progress: bool | Callable[[int, int], None], total: int, skipped: int) -> None:
@@ -460,7 +474,13 @@ class _Progress:
             self.bar.stop()
 
 
-class _Extractor:
+class FeatureExtractor:
+    """The models of one extraction (audio encoder, visual encoder, CLIP teacher) on one device.
+
+    :meth:`encode_group` turns a group of decoded clips into the arrays of one shard
+    (:func:`avret.features.shards.write_shard`); groups are formed by :func:`group_is_full`.
+    """
+
     def __init__(self, config: ExtractConfig, device: torch.device) -> None:
         self.config, self.device = config, device
         self.audio = audio_encoder(config, device)
@@ -471,7 +491,13 @@ class _Extractor:
         self.visual_dim = self.clip.dim if self.visual is None else self.visual.dim
         self.model_seconds = 0.0
 
+    @property
+    def dims(self) -> tuple[int, int, int | None]:
+        """``(audio_dim, visual_dim, teacher_dim)``; ``teacher_dim`` is None without teacher frames."""
+        return self.audio_dim, self.visual_dim, self.clip.dim if self.clip is not None else None
+
     def transforms(self) -> dict[str, Callable]:
+        """Visual encoder name -> its frame transform (what :func:`decode_media_file` needs)."""
         tf: dict[str, Callable] = {}
         if self.clip is not None:
             tf["clip"] = self.clip.transform
@@ -479,7 +505,8 @@ class _Extractor:
             tf[self.config.visual] = self.visual.transform
         return tf
 
-    def run_group(self, group: list[DecodedClip]) -> dict[str, np.ndarray]:
+    def encode_group(self, group: list[DecodedClip]) -> dict[str, np.ndarray]:
+        """The shard arrays of ``group`` (decoded clips without error): features, ids, paths, counts."""
         t0 = time.perf_counter()
         bs = self.config.batch_size
         counts = [c.examples.shape[0] for c in group]
@@ -515,6 +542,88 @@ def _read_labels(path: Path | None) -> dict[str, tuple[str, str]]:
     return {c: (lab, sp) for c, lab, sp in zip(ids, labels, splits, strict=True)}
 
 
+def group_is_full(pending: Sequence[DecodedClip], config: ExtractConfig) -> bool:
+    """True when ``pending`` clips make a full group for :meth:`FeatureExtractor.encode_group`.
+
+    A group is full at ``config.batch_size`` audio examples or sampled frames (log-mel "examples"
+    are frames that pass through no network: counted as clips instead).
+    """
+    n_ex = len(pending) if config.audio_encoder == "logmel" else sum(c.examples.shape[0] for c in pending)
+    n_fr = sum(c.n_frames for c in pending)
+    return n_ex >= config.batch_size or n_fr >= config.batch_size
+
+
+def failure_record(clip: DecodedClip) -> dict[str, str]:
+    """The ``failures.json`` entry of a clip that failed to decode."""
+    return {"path": clip.path, "clip_id": clip.clip_id, "error": str(clip.error)}
+
+
+@dataclass
+class ExtractPlan:
+    """One run decided before any media is decoded: the media, what is still to do, the report to fill.
+
+    Made by :func:`plan_extraction`; a runner (:func:`extract_features`, or the Ray runner of
+    :mod:`avret.features.ray_extract`) decodes and encodes ``todo``, stores each group with
+    :meth:`store_group`, then calls :func:`finish_extraction`.
+    """
+
+    out_dir: Path
+    config: ExtractConfig
+    keys: list[str]  # resolved media paths, media-list order
+    todo: list[tuple[str, str]]  # (clip_id, resolved path) not done by an earlier run, media-list order
+    labels: dict[str, tuple[str, str]]
+    settings: dict[str, Any]
+    report: ExtractReport
+    t_start: float
+
+    @property
+    def shard_dir(self) -> Path:
+        """``out_dir/shards``."""
+        return self.out_dir / SHARDS
+
+    def start_writing(self) -> None:
+        """Record the settings in the shard folder; call once the models have loaded, before the first shard."""
+        record_settings(self.shard_dir, self.settings)
+
+    def store_group(self, arrays: dict[str, np.ndarray]) -> int:
+        """Write one shard (arrays of :meth:`FeatureExtractor.encode_group`); returns its number of clips."""
+        records = [{"path": str(p), "clip_id": str(c)} for p, c in zip(arrays["paths"], arrays["clip_ids"],
+                                                                       strict=True)]
+        write_shard(self.shard_dir, arrays, records)
+        self.report.n_extracted += len(records)
+        return len(records)
+
+
+def plan_extraction(media: Sequence[str | Path], out_dir: str | Path, config: ExtractConfig) -> ExtractPlan:
+    """Validate ``config``, list ``media``, check ``out_dir`` and find the files not done yet.
+
+    Reads only, except that temporaries of a killed run are swept from the shard folder; a refused
+    run (other settings, no media, an unwritable ``out_dir``) writes nothing.
+    """
+    t_start = time.perf_counter()
+    config.validate()
+    out_dir = Path(out_dir)
+    shard_dir = out_dir / SHARDS
+    paths = list_media(media)
+    if not paths:
+        where = ", ".join(map(str, media))
+        raise DataError(f"no media files ({', '.join(MEDIA_EXTENSIONS)}) found in {where}")
+    labels = _read_labels(config.labels)
+    settings = config.model_settings()
+    check_settings(shard_dir, settings)  # reads only: a refused run writes nothing
+    check_writable(out_dir)  # a read-only or forbidden --out: one line before any media is decoded
+    sweep_temporaries(shard_dir)  # shards a killed run was writing
+
+    done = read_done(shard_dir)
+    fixed = {p: rec["clip_id"] for p, rec in done.items()}
+    ids = assign_clip_ids(paths, fixed)
+    keys = [str(p.resolve()) for p in paths]
+    todo = [(cid, key) for cid, key in zip(ids, keys, strict=True) if key not in done]
+    report = ExtractReport(out_dir=out_dir, n_media=len(paths), n_skipped=len(paths) - len(todo))
+    return ExtractPlan(out_dir=out_dir, config=config, keys=keys, todo=todo, labels=labels, settings=settings,
+                       report=report, t_start=t_start)
+
+
 def extract_features(
     media: Sequence[str | Path],
     out_dir: str | Path,
@@ -528,35 +637,17 @@ def extract_features(
     by an earlier run into the same ``out_dir`` are skipped (see module docstring). ``progress``:
     True for a rich progress bar, or a callback ``(done, total)``.
     """
-    t_start = time.perf_counter()
-    config.validate()
-    out_dir = Path(out_dir)
-    shard_dir = out_dir / SHARDS
-    paths = list_media(media)
-    if not paths:
-        where = ", ".join(map(str, media))
-        raise DataError(f"no media files ({', '.join(MEDIA_EXTENSIONS)}) found in {where}")
-    labels = _read_labels(config.labels)
+    plan = plan_extraction(media, out_dir, config)
+    report = plan.report
     device = resolve_device(config.device)
-    settings = config.model_settings()
-    check_settings(shard_dir, settings)  # reads only: a refused run writes nothing
-    check_writable(out_dir)  # a read-only or forbidden --out: one line before any media is decoded
-    sweep_temporaries(shard_dir)  # shards a killed run was writing
+    report.device = str(device)
 
-    done = read_done(shard_dir)
-    fixed = {p: rec["clip_id"] for p, rec in done.items()}
-    ids = assign_clip_ids(paths, fixed)
-    keys = [str(p.resolve()) for p in paths]
-    todo = [(cid, key) for cid, key in zip(ids, keys, strict=True) if key not in done]
-    report = ExtractReport(out_dir=out_dir, n_media=len(paths), n_skipped=len(paths) - len(todo),
-                           device=str(device))
-
-    extractor: _Extractor | None = None
-    if todo:
+    extractor: FeatureExtractor | None = None
+    if plan.todo:
         # Models first: weights that fail to load stop the run before anything is written.
-        extractor = _Extractor(config, device)
-        record_settings(shard_dir, settings)
-        dataset = _MediaDataset(todo, config, extractor.transforms())
+        extractor = FeatureExtractor(config, device)
+        plan.start_writing()
+        dataset = _MediaDataset(plan.todo, config, extractor.transforms())
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=None,
@@ -566,72 +657,61 @@ def extract_features(
             worker_init_fn=_worker_init if config.workers > 0 else None,
             prefetch_factor=4 if config.workers > 0 else None,
         )
-        bar = _Progress(progress, len(todo), report.n_skipped)
+        bar = ExtractProgress(progress, len(plan.todo), report.n_skipped)
         pending: list[DecodedClip] = []
 
         def flush() -> None:
-            if not pending:
-                return
-            arrays = extractor.run_group(pending)
-            write_shard(shard_dir, arrays, [{"path": c.path, "clip_id": c.clip_id} for c in pending])
-            report.n_extracted += len(pending)
-            bar.advance(len(pending))
-            pending.clear()
+            if pending:
+                bar.advance(plan.store_group(extractor.encode_group(pending)))
+                pending.clear()
 
         try:
             for item in loader:
                 report.decode_seconds += item.decode_seconds
                 if item.error:
-                    report.failures.append({"path": item.path, "clip_id": item.clip_id, "error": item.error})
+                    report.failures.append(failure_record(item))
                     bar.advance()
                     continue
                 report.audio_seconds += item.audio_seconds
                 report.n_frames += item.n_frames
                 pending.append(item)
-                # log-mel "examples" are frames that pass through no network: batch by clips instead
-                n_ex = (len(pending) if config.audio_encoder == "logmel"
-                        else sum(c.examples.shape[0] for c in pending))
-                n_fr = sum(c.n_frames for c in pending)
-                if n_ex >= config.batch_size or n_fr >= config.batch_size:
+                if group_is_full(pending, config):
                     flush()
             flush()
         finally:
             bar.close()
         report.model_seconds = extractor.model_seconds
 
-    report.n_rows = _finalize(out_dir, config, keys, labels, report, extractor)
-    report.seconds = time.perf_counter() - t_start
-    return report
+    return finish_extraction(plan, extractor.dims if extractor is not None else None)
 
 
-def _finalize(
-    out_dir: Path,
-    config: ExtractConfig,
-    keys: list[str],
-    labels: dict[str, tuple[str, str]],
-    report: ExtractReport,
-    extractor: _Extractor | None,
-) -> int:
-    """Assemble the final arrays (media-list order) from the shards; write them and the records as one unit."""
-    ids, per_clip = read_clips(out_dir / SHARDS, keys)
-    audio_dim = {"aisfx": 512, "logmel": 128}.get(config.audio_encoder, 128)  # VGGish: 128
-    if extractor is not None:
-        audio_dim = extractor.audio_dim
-        visual_dim = extractor.visual_dim
-        teacher_dim = extractor.clip.dim if extractor.clip is not None else None
+def finish_extraction(plan: ExtractPlan, dims: tuple[int, int, int | None] | None) -> ExtractReport:
+    """Assemble the final arrays (media-list order) from the shards; write them and the records as one unit.
+
+    ``dims``: :attr:`FeatureExtractor.dims` when models were loaded in this run; None to read them
+    from the shards (a run that had nothing to do). Returns the plan's report, completed.
+    """
+    config, report = plan.config, plan.report
+    ids, per_clip = read_clips(plan.shard_dir, plan.keys)
+    if dims is not None:
+        audio_dim, visual_dim, teacher_dim = dims
     elif per_clip:
         first = next(iter(per_clip.values()))
         audio_dim = int(first["audio"].shape[0])
         visual_dim = int(first["visual"].shape[0])
         teacher_dim = int(first["frames"].shape[1]) if "frames" in first else None
     else:
+        audio_dim = {"aisfx": 512, "logmel": 128}.get(config.audio_encoder, 128)  # VGGish: 128
         visual_dim, teacher_dim = 0, None
     records = {FAILURES: report.failures,
                EXTRACT_CONFIG: _extract_record(config, len(ids), report, audio_dim, visual_dim, teacher_dim)}
-    done = read_done(out_dir / SHARDS)
-    media = {done[k]["clip_id"]: done[k]["path"] for k in keys if k in done}
-    write_feature_folder(out_dir, ids, per_clip, labels, (audio_dim, visual_dim, teacher_dim), records, media)
-    return len(ids)
+    done = read_done(plan.shard_dir)
+    media = {done[k]["clip_id"]: done[k]["path"] for k in plan.keys if k in done}
+    write_feature_folder(plan.out_dir, ids, per_clip, plan.labels, (audio_dim, visual_dim, teacher_dim), records,
+                         media)
+    report.n_rows = len(ids)
+    report.seconds = time.perf_counter() - plan.t_start
+    return report
 
 
 def _versions() -> dict[str, str | None]:

@@ -23,6 +23,8 @@ MANIFEST_FILE = "manifest.json"
 METADATA_FILE = "metadata.json"
 INDEX_FILE = "index.faiss"
 EMBEDDINGS_FILE = "embeddings.npy"
+#: The on-disk inverted lists of a sharded IVF index (memory-mapped when searched).
+IVFDATA_FILE = "index.ivfdata"
 
 #: The gallery modalities an index can hold.
 MODALITIES = ("audio", "visual")
@@ -78,6 +80,14 @@ class IndexManifest:
     dataset: str | None = None
     created_at: str = field(default_factory=utc_now)
     versions: dict[str, str] = field(default_factory=current_versions)
+    #: Shards the index was built in (1: built in one piece); the result is always one FAISS index.
+    shards: int = 1
+    #: ``"index.ivfdata"`` when the inverted lists live on disk beside ``index.faiss``, else None.
+    ivfdata: str | None = None
+    #: ``--factory auto``: ``{"reason", "max_memory" (bytes or None), "estimated_bytes"}``.
+    auto: dict[str, Any] | None = None
+    #: nprobe tuning: ``{"nprobe", "k", "target_recall", "recall", "target_met", "sample_size", "seed", "curve"}``.
+    tuning: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +151,19 @@ class IndexManifest:
                 f"{source}: field 'versions' must be an object with string entries "
                 f"{list(_REQUIRED_VERSIONS)}, got {versions!r}"
             )
+        shards = _int("shards", 1) if "shards" in d else 1
+        ivfdata = _str("ivfdata", optional=True)
+        if ivfdata is not None and ivfdata != IVFDATA_FILE:
+            raise IndexError_(f"{source}: field 'ivfdata' must be {IVFDATA_FILE!r} or null, got {ivfdata!r}")
+        auto, tuning = d.get("auto"), d.get("tuning")
+        if auto is not None and not (isinstance(auto, dict) and isinstance(auto.get("reason"), str)):
+            raise IndexError_(f"{source}: field 'auto' must be null or an object with a string 'reason', got {auto!r}")
+        if tuning is not None:
+            nprobe, recall = (tuning.get("nprobe"), tuning.get("recall")) if isinstance(tuning, dict) else (None, None)
+            if (not isinstance(nprobe, int) or isinstance(nprobe, bool) or nprobe < 1
+                    or not isinstance(recall, (int, float)) or isinstance(recall, bool) or not 0 <= recall <= 1):
+                raise IndexError_(f"{source}: field 'tuning' must be null or an object with an integer 'nprobe' >= 1 "
+                                  f"and a 'recall' in [0, 1], got {tuning!r}")
         # Fields this version does not know are ignored: additions that do not change the meaning
         # of the known ones need no new format_version.
         return cls(
@@ -155,4 +178,8 @@ class IndexManifest:
             dataset=_str("dataset", optional=True),
             created_at=_str("created_at"),  # type: ignore[arg-type]
             versions={str(k): str(v) for k, v in versions.items()},
+            shards=shards,
+            ivfdata=ivfdata,
+            auto=auto,
+            tuning=tuning,
         )

@@ -2,11 +2,15 @@
 
 ``avret index build`` embeds the chosen clips with the model's towers and writes an index root
 holding one sub-index per gallery modality (``ROOT/visual/`` for audio→video search,
-``ROOT/audio/`` for video→audio). The whole root is written atomically.
+``ROOT/audio/`` for video→audio). The whole root is written atomically. ``factory="auto"`` chooses
+the index for the gallery size and ``max_memory`` (checked before anything is embedded) and
+``shards`` builds it in parallel slices (:mod:`avret.index.autoindex`), working inside the root's
+temporary directory so the shards and on-disk lists are written on the disk the index goes to.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +18,8 @@ import numpy as np
 
 from avret.data.dataset import AVDataset
 from avret.data.registry import dataset_ref
-from avret.errors import DataError, ModelError
+from avret.errors import AvretError, DataError, ModelError
+from avret.index.autoindex import choose_factory, parse_size
 from avret.index.searcher import MEDIA_FILE, media_table
 from avret.index.store import AVIndex
 from avret.models.base import Embedder
@@ -32,18 +37,28 @@ def build_indexes(
     device: str = "auto",
     progress: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    max_memory: int | str | None = None,
+    target_recall: float | None = None,
+    shards: int | None = 1,
+    workers: int | None = None,
 ) -> dict[str, AVIndex]:
     """Embed ``dataset``'s ``split`` with ``model`` and write one index per modality under ``out``.
 
     ``out`` may only replace an earlier index root unless ``overwrite``, and never the model it reads.
+    ``max_memory``, ``target_recall``, ``shards`` (None: by size) and ``workers``: see :meth:`AVIndex.build`.
     """
+    check_build_options(factory, max_memory, target_recall, shards, workers)
     check_output(out, "index root", INDEX_MARKERS, overwrite=overwrite,
                  reads=(model.path.parent if model.path and Path(model.path).name == "model" else model.path,))
     gallery = dataset.subset(split)
     if len(gallery) == 0:
         raise DataError(f"{dataset.name}: split '{split}' has no clips to index")
+    if factory == "auto":  # a budget too small for this gallery is refused before anything is embedded
+        choose_factory(len(gallery), model.embed_dim, None if max_memory is None else parse_size(max_memory))
     built: dict[str, AVIndex] = {}
     with atomic_dir(out) as tmp:
+        work = tmp / ".work"
+        work.mkdir()
         for modality in modalities:
             if progress is not None:
                 progress(f"embedding {len(gallery)} {modality} clips")
@@ -57,14 +72,31 @@ def build_indexes(
                 emb, gallery.clip_ids, gallery.labels, gallery.class_names,
                 modality=modality, model_fingerprint=model.fingerprint(),
                 model_path=str(Path(model.path).resolve()) if model.path else None,
-                dataset=dataset_ref(dataset), factory=factory, device=device,
+                dataset=dataset_ref(dataset), factory=factory, device=device, max_memory=max_memory,
+                target_recall=target_recall, shards=shards, workers=workers, workdir=work, progress=progress,
             )
             index.save(tmp / modality)
             built[modality] = index
+        shutil.rmtree(work)  # what a built index still maps stays readable until it is closed
         table = media_table(list(map(str, gallery.clip_ids)), _media_paths(gallery), _features_dir(dataset))
         if table:
             write_json(tmp / MEDIA_FILE, table)
     return built
+
+
+def check_build_options(factory: str, max_memory: int | str | None, target_recall: float | None,
+                        shards: int | None, workers: int | None) -> None:
+    """Refuse bad ``index build`` options in one line (:class:`AvretError`) before any work is done."""
+    if factory != "auto" and (max_memory is not None or target_recall is not None):
+        raise AvretError(f"--max-memory and --target-recall need --factory auto (got --factory {factory})")
+    if max_memory is not None:
+        parse_size(max_memory)
+    if target_recall is not None and not 0 < target_recall <= 1:
+        raise AvretError(f"--target-recall {target_recall}: expected a recall in (0, 1]")
+    if shards is not None and shards < 1:
+        raise AvretError(f"--shards {shards}: expected at least 1 (or leave it out: one shard per million clips)")
+    if workers is not None and workers < 1:
+        raise AvretError(f"--workers {workers}: expected at least 1")
 
 
 def _media_paths(dataset: AVDataset) -> list[str | None]:

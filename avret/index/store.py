@@ -12,6 +12,9 @@ Directory layout (``format_version`` 1)::
                           (count, dim) float32 embeddings in row order, so that a clip's own
                           embedding can be a query (:meth:`AVIndex.embeddings_of`); a flat index
                           reconstructs them exactly from ``index.faiss`` instead
+    <dir>/index.ivfdata   only for sharded IVF builds (manifest field ``ivfdata``): the inverted
+                          lists, merged on disk (faiss.contrib.ondisk) and memory-mapped read-only
+                          when loaded; ``index.faiss`` then holds the centroids and the lists' table
 
 The metadata is JSON (not npy) so it is readable by any tool and needs no pickle; 1M ids load in
 about a second. Writing is atomic (:func:`avret.utils.atomic.atomic_dir`): a failed save leaves
@@ -27,8 +30,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import struct
+import tempfile
 import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,7 @@ import faiss
 import numpy as np
 
 from avret.errors import AvretError, IndexError_, QueryError
+from avret.index import autoindex
 from avret.index.backend import (
     GPU_MAX_K,
     Placed,
@@ -49,6 +57,7 @@ from avret.index.backend import (
 from avret.index.manifest import (
     EMBEDDINGS_FILE,
     INDEX_FILE,
+    IVFDATA_FILE,
     MANIFEST_FILE,
     METADATA_FILE,
     MODALITIES,
@@ -150,7 +159,7 @@ def _check_ivf_quantizer(ipath: Path, head: bytes, size: int, dim: int, count: i
     return at + _HEADER.size + 8 + 4 * nlist * dim
 
 
-def check_index_file(ipath: Path, dim: int, count: int) -> None:
+def check_index_file(ipath: Path, dim: int, count: int, ivfdata: Path | None = None) -> None:
     """Check ``index.faiss``'s header against the manifest before FAISS reads (and allocates) anything.
 
     FAISS trusts the sizes in the file: a small forged file whose header claims 2^29 vectors makes
@@ -160,6 +169,11 @@ def check_index_file(ipath: Path, dim: int, count: int) -> None:
     coarse quantizer's size are checked, and for IVF and HNSW indexes the file must be at least as
     large as ``count`` stored vectors take (ids, levels, codes), so a short file cannot claim many
     vectors. Other factories are checked on the header only.
+
+    With on-disk inverted lists (``ivfdata``, the ``index.ivfdata`` beside it) the codes and ids
+    live in that file instead: it must hold at least ``count`` stored vectors and at least the
+    ``totsize`` bytes ``index.faiss`` says it maps (the last 8 bytes of the file, after the lists'
+    table), so a short or forged file cannot make the search read past its end.
     """
     size = ipath.stat().st_size
     with open(ipath, "rb") as fh:
@@ -181,10 +195,25 @@ def check_index_file(ipath: Path, dim: int, count: int) -> None:
                               f"{count * dim} codes; this file has {size} bytes and claims {n_codes} codes")
         return
     fixed = _check_ivf_quantizer(ipath, head, size, dim, count) if fourcc.startswith(_IVF_PREFIX) else _HEADER.size
+    if ivfdata is not None:
+        _check_ivfdata(ipath, ivfdata, fourcc, dim, count)
+        return
     least = fixed + count * _min_bytes_per_vector(fourcc, dim)
     if size < least:
         raise IndexError_(f"{ipath}: a {fourcc.decode('latin-1')!r} index of {count} x {dim} vectors takes at least "
                           f"{least} bytes; this file has {size} (truncated or forged)")
+
+
+def _check_ivfdata(ipath: Path, ivfdata: Path, fourcc: bytes, dim: int, count: int) -> None:
+    """``index.ivfdata`` must hold ``count`` stored vectors and the ``totsize`` bytes ``index.faiss`` maps."""
+    size = ivfdata.stat().st_size
+    least = count * (_min_bytes_per_vector(fourcc, dim) or 9)
+    with open(ipath, "rb") as fh:
+        fh.seek(-8, os.SEEK_END)
+        totsize = struct.unpack("<Q", fh.read(8))[0]
+    if size < least or totsize > size:
+        raise IndexError_(f"{ivfdata}: the on-disk lists of {count} x {dim} vectors take at least {least} bytes and "
+                          f"{INDEX_FILE} maps {totsize}; this file has {size} (truncated or forged)")
 
 
 class AVIndex:
@@ -205,9 +234,15 @@ class AVIndex:
         path: Path | None = None,
         device: str = "auto",
         embeddings: np.ndarray | None = None,
+        ivfdata: Path | None = None,
         _placed: Placed | None = None,
     ) -> None:
         # ``_placed``: build() already put the index on its device; otherwise ``index`` is on the CPU.
+        if _placed is None and autoindex.is_ondisk(index):  # lists on disk: the GPU would need them all in memory
+            if device == "cuda":
+                raise AvretError("an index with on-disk inverted lists (index.ivfdata) is searched on the CPU; "
+                                 "use device 'cpu' or 'auto'")
+            _placed = Placed(index, "cpu")
         placed = _placed or to_device(index, resolve_device(device), requested=device)
         self._index, self._gpu_resources, self.device = placed.index, placed.resources, placed.device
         self.manifest = manifest
@@ -217,6 +252,8 @@ class AVIndex:
         self.path = path
         # Exact embeddings in row order, kept only for indexes that cannot reconstruct them exactly.
         self._embeddings = embeddings
+        # The on-disk inverted lists the index memory-maps (sharded IVF builds), copied by save().
+        self._ivfdata = ivfdata
         self._rows: dict[str, int] | None = None
         self._tuning_lock = threading.Lock()
 
@@ -266,6 +303,13 @@ class AVIndex:
         dataset: str | None = None,
         factory: str = "Flat",
         device: str = "auto",
+        max_memory: int | str | None = None,
+        target_recall: float | None = None,
+        shards: int | None = 1,
+        workers: int | None = None,
+        seed: int = 0,
+        workdir: str | os.PathLike[str] | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> AVIndex:
         """Index ``embeddings`` (n, d) of the gallery ``modality``.
 
@@ -273,6 +317,15 @@ class AVIndex:
         exact search. Indexes needing training (IVF, PQ) are trained on ``embeddings`` and need
         enough of them (an IVF needs at least nlist vectors). On a GPU (``device``) training and
         adding run there; :meth:`save` always writes the CPU version.
+
+        ``factory="auto"`` chooses the index for ``n``, ``d`` and ``max_memory`` (bytes or a size
+        such as ``"4GB"``), trains it on a seeded sample and tunes nprobe to ``target_recall``
+        (:mod:`avret.index.autoindex`; recorded in the manifest). ``shards`` > 1 (None: one per
+        million rows) adds the vectors in that many slices in parallel processes (``workers``) and
+        merges them into one index — IVF lists on disk in ``index.ivfdata`` — working in a fresh
+        directory under ``workdir`` (default: the system's temporary directory; put it on the disk
+        the index is saved to). ``embeddings`` may be a memory-mapped ``.npy`` (``np.load(...,
+        mmap_mode="r")``), which the workers then read without a copy.
         """
         if modality not in MODALITIES:
             raise AvretError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
@@ -284,9 +337,6 @@ class AVIndex:
         n, d = x.shape
         if n == 0:
             raise AvretError("embeddings: cannot build an index of 0 vectors")
-        if not np.isfinite(x).all():
-            bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-            raise AvretError(f"embeddings: row {bad} contains NaN or inf")
         ids = _as_ids(clip_ids, n, "clip_ids")
         labs = _as_labels(labels, n, "labels")
         names = [str(c) for c in (class_names or [])]
@@ -295,10 +345,25 @@ class AVIndex:
 
         requested = device
         dev = resolve_device(device)
+        auto = None
+        if factory == "auto":
+            budget = None if max_memory is None else autoindex.parse_size(max_memory)
+            factory, reason, est = autoindex.choose_factory(n, d, budget)
+            auto = {"reason": reason, "max_memory": budget, "estimated_bytes": int(est)}
+        elif max_memory is not None or target_recall is not None:
+            raise AvretError("max_memory and target_recall apply to factory 'auto' only")
+        target = autoindex.DEFAULT_TARGET_RECALL if target_recall is None else target_recall
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+            raise AvretError(f"target_recall must be a number in (0, 1], got {target_recall!r}")
+        shards = autoindex.default_shards(n) if shards is None else shards
+        if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or not 1 <= shards <= n:
+            raise AvretError(f"shards must be an integer in 1..{n} (the number of vectors), got {shards!r}")
         try:
             cpu_index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
             raise AvretError(f"invalid FAISS factory string {factory!r}: {faiss_message(exc)}") from None
+        if auto is not None:
+            autoindex.prepare(cpu_index)
         ivf = _ivf_of(cpu_index)
         if ivf is not None and n < ivf.nlist:
             raise AvretError(
@@ -306,16 +371,53 @@ class AVIndex:
                 f"got {n}; use fewer lists or 'Flat'"
             )
         exact = _is_flat(cpu_index)
-        placed = to_device(cpu_index, dev, requested=requested)
+        tune = auto is not None and ivf is not None
+        q_rows, t_rows = autoindex.split_rows(n, autoindex.TUNE_SAMPLE if tune else 0,
+                                              autoindex.training_rows(cpu_index, n) if auto else n, seed)
+        # sharded builds stay on the CPU (their lists are merged on disk); the result is placed afterwards
+        # All of x is checked here unless sharded: then the training rows here, each shard's rows by its worker.
+        _check_finite(x, None if shards == 1 else np.union1d(q_rows, t_rows))
+        # sharded builds stay on the CPU (their lists are merged on disk); the result is placed afterwards
+        placed = to_device(cpu_index, dev if shards == 1 else "cpu", requested=requested if shards == 1 else "cpu")
         index = placed.index
         if not index.is_trained:
+            if progress is not None:
+                progress(f"training {factory} on {len(t_rows)} of {n} vectors")
             try:
-                index.train(x)
+                index.train(x if len(t_rows) == n else np.ascontiguousarray(x[t_rows]))
             except RuntimeError as exc:
                 raise AvretError(
-                    f"cannot train factory {factory!r} on {n} vectors: {faiss_message(exc)}"
+                    f"cannot train factory {factory!r} on {len(t_rows)} vectors: {faiss_message(exc)}"
                 ) from None
-        index.add(x)
+        queries = np.ascontiguousarray(x[q_rows]) if tune else None
+        ivfdata = work = None
+        if shards == 1:
+            index.add(x)
+            top = autoindex.exact_topk(queries, x, autoindex.TUNE_K) if tune else None
+            emb = None if exact else x
+        else:
+            work = Path(tempfile.mkdtemp(prefix=".avret-build-", dir=workdir))
+            try:
+                source = autoindex.VectorFile.of(x, work / EMBEDDINGS_FILE)
+                trained = work / "trained.faiss"
+                faiss.write_index(index, str(trained))
+                shard_files, top = autoindex.add_in_shards(trained, source, int(shards), work, queries=queries,
+                                                           k=autoindex.TUNE_K, workers=workers, progress=progress)
+                if progress is not None:
+                    progress(f"merging {len(shard_files)} shards")
+                index = autoindex.merge_shards(trained, shard_files, work / IVFDATA_FILE)
+                trained.unlink()
+                ivfdata = work / IVFDATA_FILE if autoindex.is_ondisk(index) else None
+                emb = None if exact else source.open()
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+        tuning = None
+        if tune:
+            if progress is not None:
+                progress(f"tuning nprobe for recall@{autoindex.TUNE_K} >= {target} on {len(q_rows)} held-out queries")
+            tuning = {"k": autoindex.TUNE_K, "target_recall": float(target), "sample_size": int(len(q_rows)),
+                      "seed": int(seed), **autoindex.tune_nprobe(index, queries, top[1], float(target))}
         manifest = IndexManifest(
             modality=modality,
             dim=d,
@@ -324,8 +426,16 @@ class AVIndex:
             factory=factory,
             model_path=str(model_path) if model_path is not None else None,
             dataset=dataset,
+            shards=int(shards),
+            ivfdata=IVFDATA_FILE if ivfdata is not None else None,
+            auto=auto,
+            tuning=tuning,
         )
-        return cls(index, manifest, ids, labs, names, embeddings=None if exact else x, _placed=placed)
+        if work is None:
+            return cls(index, manifest, ids, labs, names, embeddings=emb, _placed=placed)
+        built = cls(index, manifest, ids, labs, names, device=requested, embeddings=emb, ivfdata=ivfdata)
+        weakref.finalize(built, shutil.rmtree, str(work), True)  # the mapped files outlive their names
+        return built
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -346,6 +456,11 @@ class AVIndex:
                 )
         with atomic_dir(path) as tmp:
             faiss.write_index(to_cpu(self._index, self.device), str(tmp / INDEX_FILE))
+            if self._ivfdata is not None:  # the on-disk lists: a hard link when on the same disk, else a copy
+                try:
+                    os.link(self._ivfdata, tmp / IVFDATA_FILE)
+                except OSError:
+                    shutil.copyfile(self._ivfdata, tmp / IVFDATA_FILE)
             if self._embeddings is not None:
                 np.save(tmp / EMBEDDINGS_FILE, np.ascontiguousarray(self._embeddings, dtype=np.float32))
             write_json(
@@ -359,6 +474,8 @@ class AVIndex:
             # The manifest last: a directory with a manifest is complete.
             write_json(tmp / MANIFEST_FILE, self.manifest.to_dict())
         self.path = path
+        if self._ivfdata is not None:
+            self._ivfdata = path / IVFDATA_FILE
         return path
 
     @classmethod
@@ -418,9 +535,18 @@ class AVIndex:
         ipath = path / INDEX_FILE
         if not ipath.is_file():
             raise IndexError_(f"index {path} is missing {INDEX_FILE}")
-        check_index_file(ipath, manifest.dim, manifest.count)
+        ivfdata = path / manifest.ivfdata if manifest.ivfdata else None
+        if ivfdata is not None and not ivfdata.is_file():
+            raise IndexError_(f"index {path} is missing {manifest.ivfdata} ({MANIFEST_FILE} field 'ivfdata')")
+        check_index_file(ipath, manifest.dim, manifest.count, ivfdata=ivfdata)
         try:
-            index = faiss.read_index(str(ipath))
+            # on-disk lists: read without mapping the path stored in the file, then map the one beside it
+            index = faiss.read_index(str(ipath), faiss.IO_FLAG_SKIP_IVF_DATA if ivfdata else 0)
+            if autoindex.is_ondisk(index) != (ivfdata is not None):
+                raise IndexError_(f"{mpath}: field 'ivfdata' is {manifest.ivfdata!r} but {INDEX_FILE} "
+                                  f"{'keeps' if ivfdata is None else 'does not keep'} its inverted lists on disk")
+            if ivfdata is not None:
+                autoindex.open_ondisk(index, ivfdata)
         except RuntimeError as exc:
             raise IndexError_(f"{ipath}: not a readable FAISS index: {faiss_message(exc)}") from None
         if index.d != manifest.dim:
@@ -434,7 +560,8 @@ class AVIndex:
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise IndexError_(f"{ipath}: index metric is not inner product (metric_type {index.metric_type})")
         embeddings = _read_embeddings(path / EMBEDDINGS_FILE, manifest.count, manifest.dim)
-        return cls(index, manifest, clip_ids, labels, class_names, path=path, device=device, embeddings=embeddings)
+        return cls(index, manifest, clip_ids, labels, class_names, path=path, device=device, embeddings=embeddings,
+                   ivfdata=ivfdata)
 
     # ------------------------------------------------------------------ stored embeddings
     def rows_of(self, clip_ids: list[str]) -> np.ndarray:
@@ -652,6 +779,16 @@ def _is_flat(index: Any) -> bool:
         return False
 
 
+def _check_finite(x: np.ndarray, rows: np.ndarray | None, chunk: int = 65_536) -> None:
+    """Raise :class:`AvretError` naming the first row of ``x`` (or of its ``rows``) holding NaN or inf."""
+    for s in range(0, x.shape[0] if rows is None else len(rows), chunk):
+        block = x[s : s + chunk] if rows is None else x[rows[s : s + chunk]]
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
+            raise AvretError(f"embeddings: row {s + i if rows is None else int(rows[s + i])} contains NaN or inf")
+
+
 def _read_embeddings(path: Path, count: int, dim: int) -> np.ndarray | None:
     """The optional ``embeddings.npy`` of an index directory, memory-mapped and checked against the manifest."""
     if not path.is_file():
@@ -675,6 +812,12 @@ def _filter_params(
         raise QueryError(f"a class filter needs a CPU index ({where} is on {device})")
     selector = faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))
     idx = faiss.downcast_index(index)
+    if isinstance(idx, faiss.IndexPreTransform):  # OPQ...: the selector goes to the index it wraps
+        inner, selector = _filter_params(idx.index, rows, nprobe, ef_search, where, device)
+        params = faiss.SearchParametersPreTransform()
+        params.index_params = inner
+        params.referenced_objects = [inner, selector]  # the SWIG object only borrows them
+        return params, selector
     if isinstance(idx, faiss.IndexIVF):
         params = faiss.SearchParametersIVF()
         params.nprobe = int(nprobe or idx.nprobe)

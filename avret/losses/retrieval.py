@@ -12,6 +12,11 @@ Two terms, both standard in current supervised cross-modal retrieval:
   anchors in the common space and stabilises training on small batches.
 
 The prototypes are a training-only head: they are not part of the saved towers.
+
+With several processes (torchrun) the towers' trainer hands :class:`RetrievalObjective` the
+embeddings of the *global* batch, all-gathered with gradients (:mod:`avret.train.distributed`), so
+every anchor's denominator holds the clips of every rank: N processes with batch b optimise the
+objective of one process with batch N·b. Nothing here depends on that.
 """
 
 from __future__ import annotations

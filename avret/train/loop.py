@@ -6,7 +6,8 @@ sentiment teacher all call :func:`fit`; what differs between them is only what t
 
 * ``loss_fn(batch) -> loss`` or ``(loss, logs)``: the model's objective on one mini-batch. ``batch``
   is a :class:`dict` of the row-aligned training tensors in ``data`` sliced to the batch's rows and
-  already on the device, plus ``batch["rows"]`` (the row indices, on the device).
+  already on the device, plus ``batch["rows"]`` (the row indices, on the device) and
+  ``batch["global_rows"]`` (the rows of the whole global batch; the same as ``rows`` in one process).
 * ``evaluate() -> metrics``: the *validation* metrics (never the test split), called in eval mode
   under ``torch.no_grad()`` after every epoch; ``monitor``/``mode`` say which one selects the epoch.
 * an optimizer (and optionally a scheduler stepped per epoch or per batch), and callbacks.
@@ -23,6 +24,15 @@ The loop owns everything else, so it is written once:
 * **model selection** — early stopping after ``config.patience`` epochs without improvement of the
   monitored validation metric, and the best epoch's weights restored at the end;
 * **history** — one record per epoch (mean training loss and logs, validation metrics, seconds);
+* **several processes** — with ``config.distributed`` and a process group of N > 1 ranks (torchrun),
+  data-parallel training with one objective: the same global batches of N × ``batch_size`` rows
+  on every rank, rank r's slice in ``batch``, the parameters broadcast from rank 0 at the start and
+  the gradients averaged over the ranks after every backward; validation on rank 0, its metrics
+  broadcast; the training state written by rank 0 only. ``loss_fn`` must return the loss of the
+  *global* batch, gathering what carries gradients with
+  :func:`avret.train.distributed.all_gather_with_grad` (the rules: :mod:`avret.train.distributed`);
+  a ``loss_fn`` that averages over its own rows only is plain data parallelism (the uneven last
+  batch then weighs its rows per rank);
 * **resume** — with ``config.checkpoint`` set, the complete training state (weights, the training-only
   ``modules``, optimizer, scheduler, RNG states, best state, history) is saved atomically after every
   epoch, and a later call with the same arguments continues after the last finished epoch, reaching
@@ -49,6 +59,7 @@ import torch
 from torch import nn
 
 from avret.errors import AvretError
+from avret.train import distributed as dist
 from avret.utils.atomic import atomic_file
 from avret.utils.device import resolve_device
 from avret.utils.seeding import seed_everything
@@ -90,6 +101,8 @@ class FitConfig:
         min_batch_size: skip training batches smaller than this (a contrastive loss needs 2 clips).
         num_threads: torch intra-op CPU threads during the call (restored afterwards); ``None`` = as is.
         checkpoint: a directory for the resumable training state; ``None`` = no resume.
+        distributed: train data-parallel over the process group when one of N > 1 ranks is up
+            (``batch_size`` is then per rank; see the module docstring); ignored in one process.
     """
 
     epochs: int = 10
@@ -102,6 +115,7 @@ class FitConfig:
     min_batch_size: int = 1
     num_threads: int | None = None
     checkpoint: str | None = None
+    distributed: bool = False
 
     def validate(self) -> None:
         """One-line :class:`AvretError` for a setting out of range."""
@@ -130,6 +144,7 @@ class FitResult:
     precision: str = "fp32"
     resumed_from_epoch: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1  # processes that trained together (global batch = world_size × batch_size)
 
 
 class Callback:
@@ -244,7 +259,12 @@ def fit(
             switch between train/eval mode with the model.
         state_fn, load_fn: what "the weights" are for best-state restore (default: the model's whole
             ``state_dict``; a teacher with a frozen backbone hands in its own weights only).
-        callbacks, progress: hooks; ``progress(epoch, epochs, record)`` after every epoch.
+        callbacks, progress: hooks; ``progress(epoch, epochs, record)`` after every epoch (on rank 0
+            only when distributed; callbacks run on every rank).
+
+    Distributed (``config.distributed`` under torchrun): ``batches`` yields the *global* batches
+    (every rank must yield the same), and each rank gets its slice
+    (:func:`avret.train.distributed.shard_bounds`).
     """
     config.validate()
     modes = _modes(monitor, mode)
@@ -253,11 +273,16 @@ def fit(
     n = _n_rows(data)
     if n == 0:
         raise AvretError("no training rows: the training split is empty")
+    world = dist.world_size() if config.distributed else 1
+    rank = dist.rank() if world > 1 else 0
     device = resolve_device(config.device)
+    if world > 1:
+        device = dist.local_device(device)
     precision = "bf16" if config.precision == "bf16" and device.type == "cuda" else "fp32"
     state_fn = state_fn or model.state_dict
     load_fn = load_fn or model.load_state_dict
-    callbacks = list(callbacks) + ([ProgressCallback(progress)] if progress is not None else [])
+    show = progress is not None and rank == 0
+    callbacks = list(callbacks) + ([ProgressCallback(progress)] if show else [])
     tensors = {} if isinstance(data, int) else dict(data)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
@@ -274,6 +299,12 @@ def fit(
     resumed = 0
     if ckpt is not None and ckpt.is_file():
         best_weights, resumed = _load_train_state(ckpt, state, modules, scheduler, generator, load_fn)
+    if world > 1:
+        if not dist.all_equal(resumed):
+            raise AvretError(f"{ckpt}: the ranks found different training states; the checkpoint directory "
+                             "must be on a file system that every rank sees")
+        for m in (model, *modules):  # one starting point, whatever each rank built
+            dist.broadcast_module(m)
 
     threads_before = torch.get_num_threads()
     if config.num_threads:
@@ -289,19 +320,24 @@ def fit(
             t0 = time.perf_counter()
             _set_mode(model, modules, train=True)
             epoch_batches = list(batches(generator, epoch) if batches is not None
-                                 else default_batches(n, config.batch_size, generator))
+                                 else default_batches(n, config.batch_size * world, generator))
             sums: dict[str, float] = {}
             seen = 0
             for step, rows in enumerate(epoch_batches):
                 if len(rows) < config.min_batch_size:
                     continue
-                batch = {k: v[rows].to(device, non_blocking=True) for k, v in tensors.items()}
-                batch["rows"] = rows.to(device)
+                start, stop = dist.shard_bounds(len(rows), rank, world)
+                local = rows[start:stop]
+                batch = {k: v[local].to(device, non_blocking=True) for k, v in tensors.items()}
+                batch["rows"] = local.to(device)
+                batch["global_rows"] = batch["rows"] if world == 1 else rows.to(device)
                 with _autocast(device, precision):
                     out = loss_fn(batch)
                 loss, logs = (out if isinstance(out, tuple) else (out, {}))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if world > 1:
+                    dist.average_gradients(params)
                 if config.grad_clip is not None:
                     nn.utils.clip_grad_norm_(params, config.grad_clip)
                 optimizer.step()
@@ -318,8 +354,9 @@ def fit(
             record: dict[str, float] = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}}
             if evaluate is not None:
                 _set_mode(model, modules, train=False)
-                with torch.no_grad():
-                    record.update({k: float(v) for k, v in evaluate().items()})
+                with torch.no_grad():  # rank 0 validates; every rank takes the same decision from its numbers
+                    metrics = {k: float(v) for k, v in evaluate().items()} if rank == 0 else {}
+                record.update(dist.broadcast_object(metrics) if world > 1 else metrics)
                 key = _monitored(record, monitor)
                 best_key = None if state.best is None else _monitored(state.best, monitor)
                 if best_key is None or _lex_better(key, best_key, modes):
@@ -332,9 +369,13 @@ def fit(
             if config.patience is not None and evaluate is not None and state.stale >= config.patience:
                 state.stop = True
             if ckpt is not None:
-                _save_train_state(ckpt, state, modules, scheduler, generator, best_weights, state_fn)
+                if rank == 0:
+                    _save_train_state(ckpt, state, modules, scheduler, generator, best_weights, state_fn)
+                dist.barrier()  # the saved epoch is on disk before any rank goes on (or stops)
             for cb in callbacks:
                 cb.on_epoch_end(state, record)
+            if world > 1:  # a callback's stop: rank 0's word
+                state.stop = dist.broadcast_object(state.stop)
         stopped_early = state.stop and state.epoch < config.epochs
         if best_weights is not None:
             load_fn(best_weights)
@@ -348,7 +389,7 @@ def fit(
         torch.set_num_threads(threads_before)
     best = {k: v for k, v in (state.best or {}).items() if k != "seconds"}
     return FitResult(state.history, state.best_epoch, best, stopped_early, time.perf_counter() - started,
-                     str(device), precision, resumed, asdict(config))
+                     str(device), precision, resumed, asdict(config), world)
 
 
 def _lex_better(new: tuple[float, ...], best: tuple[float, ...], modes: tuple[str, ...]) -> bool:

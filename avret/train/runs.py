@@ -1,6 +1,8 @@
 """``avret train``: a retrieval model without distillation, written as a run directory.
 
 The run-directory layout and the checkpoint format are :mod:`avret.io`'s (one for every command).
+Under torchrun every rank trains and only rank 0 writes the run directory
+(:func:`avret.train.distributed.on_main`); ``run.json`` records ``world_size`` and the global batch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from avret.errors import ModelError
 from avret.io import read_run, write_run
 from avret.models.cca import CCAModel
 from avret.models.towers import TowerConfig
+from avret.train import distributed as dist
 from avret.train.loop import Progress
 from avret.train.towers import TrainConfig, TrainResult, ValMetric, mean_map, train_towers
 from avret.utils.atomic import RUN_MARKERS, check_output
@@ -32,7 +35,8 @@ def run_metadata(dataset: AVDataset, method: str, seed: int, **extra: Any) -> di
 def towers_metadata(result: TrainResult, cfg: TrainConfig) -> dict[str, Any]:
     """What a towers run records about its training: configs, selection, device, history."""
     return {"train_config": asdict(cfg), "tower_config": asdict(result.model.config),
-            "device": result.device, "precision": result.precision,
+            "device": result.device, "precision": result.precision, "world_size": result.world_size,
+            "global_batch_size": result.world_size * cfg.batch_size,
             "best_epoch": result.best_epoch, "best_val_map": result.best_val_map,
             "train_seconds": result.seconds, "history": result.history}
 
@@ -78,16 +82,18 @@ def train_run(
     """Train a retrieval model without distillation and write its run directory.
 
     ``out`` may only replace an earlier run directory unless ``overwrite`` (checked before training).
+    Under torchrun every rank trains, rank 0 writes ``out`` and every rank returns it.
     """
     check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)
     cfg = train_config or TrainConfig()
-    if model_type == "cca":
+    dist.init_from_env(cfg.device)
+    if model_type == "cca":  # closed form: every rank fits the same (cheap), rank 0 writes
         model, selection = fit_cca_selected(dataset, seed=cfg.seed, val_fraction=cfg.val_fraction)
         meta = run_metadata(dataset, "none", cfg.seed, command="train", device="cpu", selection=selection,
-                            best_val_map=selection["val_map"])
-        return write_run(out, model, meta)
+                            best_val_map=selection["val_map"], world_size=dist.world_size())
+        return dist.on_main(lambda: write_run(out, model, meta))
     if model_type != "towers":
         raise ModelError(f"model type '{model_type}': expected 'towers' or 'cca'")
     result = train_towers(dataset, tower_config, cfg, progress=progress)
     meta = run_metadata(dataset, "none", cfg.seed, command="train", **towers_metadata(result, cfg))
-    return write_run(out, result.model, meta)
+    return dist.on_main(lambda: write_run(out, result.model, meta))

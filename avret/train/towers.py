@@ -6,11 +6,25 @@ the best epoch's weights are kept; training stops after ``patience`` epochs with
 A distillation method plugs in as an :class:`AuxiliaryLoss` added to the retrieval objective; it
 may bring its own training-only parameters, which never become part of the deployed towers.
 The loop itself is :func:`avret.train.loop.fit`, the one loop of avret.
+
+**Several processes** (``torchrun --nproc-per-node N``; the rules are :mod:`avret.train.distributed`'s):
+``batch_size`` is per process, the global batch N × ``batch_size``. Each rank runs the towers on
+its own slice; the embeddings are all-gathered *with gradients*, and the retrieval objective and the
+auxiliary loss are computed on the whole global batch on every rank: the :class:`Batch` an
+:class:`AuxiliaryLoss` receives is the global batch (its rows, raw features and labels, taken from
+the training data every rank holds) with the gathered embeddings, exactly what one process with
+batch N × ``batch_size`` hands it. So the cross-modal SupCon term sees the negatives of every rank,
+the prototype classifier every clip, VideoAdviser's pairwise relevance every (audio, visual) pair of
+the global batch and MI-KD's InfoNCE critics every rank's clips as negatives; per-clip terms (KD,
+MSD, per-clip regression) are the same means. A loss module that steps its own optimiser inside the
+call (MI-KD's discriminators, MSD's meta-learner) does so on the same global inputs on every rank,
+so it stays identical everywhere without communication. The cost: the auxiliary loss (e.g. MI-KD's
+jointly trained teacher) runs on the global batch on every rank, not on a slice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -22,7 +36,8 @@ from avret.data.dataset import AVDataset
 from avret.errors import DataError
 from avret.losses.retrieval import RetrievalObjective
 from avret.models.towers import AVTowers, TowerConfig
-from avret.train.loop import FitConfig, OptimSettings, Progress, fit
+from avret.train import distributed as dist
+from avret.train.loop import Callback, FitConfig, OptimSettings, Progress, fit
 from avret.utils.seeding import seed_everything
 
 # (audio embeddings, visual embeddings, labels, class names) -> mean of A→V and V→A mAP
@@ -74,6 +89,7 @@ class TrainResult:
     train_config: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     precision: str = "fp32"
+    world_size: int = 1  # processes (torchrun); the global batch is world_size × batch_size
 
 
 def mean_map(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray, class_names: list[str]) -> float:
@@ -97,14 +113,19 @@ def train_towers(
     progress: Progress | None = None,
     val_metric: ValMetric = mean_map,
     checkpoint: str | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train audio/visual towers on ``dataset``'s train split, selecting the epoch on ``val``.
 
     ``dataset`` must be labelled; a ``val`` split is carved from ``train`` when absent. The rows
     passed to ``aux_loss`` in :class:`Batch` index ``dataset.subset("train")`` after carving.
-    ``checkpoint``: a directory for the resumable training state (see :class:`FitConfig`).
+    ``checkpoint``: a directory for the resumable training state (see :class:`FitConfig`);
+    ``callbacks``: :class:`~avret.train.loop.Callback` hooks into the loop. Under torchrun the
+    process group is initialised here (:func:`avret.train.distributed.init_from_env`) and every rank
+    must call this with the same arguments.
     """
     cfg = config or TrainConfig()
+    dist.init_from_env(cfg.device)
     dataset = dataset.with_validation_split(cfg.val_fraction, seed=cfg.seed)
     train, val = dataset.subset("train"), dataset.subset("val")
     if len(train) == 0 or len(val) == 0:
@@ -130,9 +151,24 @@ def train_towers(
     data = {"audio": torch.from_numpy(train.audio), "visual": torch.from_numpy(train.visual),
             "labels": torch.from_numpy(train.labels)}
 
+    world = dist.world_size()
+
+    def global_batch(b: dict[str, torch.Tensor]) -> tuple[Batch, tuple[int, ...] | None]:
+        """The whole global batch (this rank's slice in one process), and every rank's slice length."""
+        if world == 1:
+            return Batch(b["rows"], b["audio"], b["visual"], b["labels"]), None
+        rows = b["global_rows"]
+        on_cpu = rows.cpu()
+        sizes = tuple(dist.shard_sizes(len(rows), world))
+        if aux_loss is None:  # the retrieval objective needs only the labels of the global batch
+            return Batch(rows, b["audio"], b["visual"], data["labels"][on_cpu].to(rows.device)), sizes
+        return Batch(rows, *(data[k][on_cpu].to(rows.device) for k in ("audio", "visual", "labels"))), sizes
+
     def loss_fn(b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = Batch(b["rows"], b["audio"], b["visual"], b["labels"])
-        a_emb, v_emb = model(batch.audio, batch.visual)
+        batch, sizes = global_batch(b)
+        with dist.rank_rng(b["rows"].device):  # per-rank dropout; the shared RNG stream stays in step
+            a_emb, v_emb = model(b["audio"], b["visual"])
+        a_emb, v_emb = dist.all_gather_with_grad(a_emb, sizes), dist.all_gather_with_grad(v_emb, sizes)
         loss, logs = objective(a_emb, v_emb, batch.labels)
         if aux_loss is not None:
             extra, extra_logs = aux_loss(batch, a_emb, v_emb)
@@ -142,9 +178,10 @@ def train_towers(
 
     fit_cfg = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, patience=cfg.patience,
                         device=cfg.device, precision=cfg.precision, grad_clip=5.0, min_batch_size=2,
-                        checkpoint=checkpoint)
+                        checkpoint=checkpoint, distributed=True)
     result = fit(model, loss_fn, data, optimizer, fit_cfg,
                  evaluate=lambda: {"val_map": validation_map(model, val, val_metric)},
-                 monitor="val_map", mode="max", scheduler=scheduler, modules=modules, progress=progress)
+                 monitor="val_map", mode="max", scheduler=scheduler, modules=modules, progress=progress,
+                 callbacks=callbacks)
     return TrainResult(model, result.best_epoch, float(result.best["val_map"]), result.history, result.seconds,
-                       asdict(cfg), result.device, result.precision)
+                       asdict(cfg), result.device, result.precision, result.world_size)
