@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from avret.errors import AvretError, IndexError_
 from avret.index import AVIndex, autoindex
-from avret.index.autoindex import choose_factory, estimate_bytes, parse_size
+from avret.index.autoindex import choose_factory, choose_nprobe, estimate_bytes, parse_size
 from cli.main import app
 
 FP = "f" * 64
@@ -69,6 +69,20 @@ def test_choose_factory_rules(n, d, budget, expected) -> None:
     assert factory == expected, reason
     assert budget is None or est <= budget
     assert reason
+
+
+@pytest.mark.parametrize(
+    ("curve", "target", "expected"),
+    [
+        ([[1, 0.80], [2, 0.93], [4, 0.96], [8, 0.99]], 0.95, (4, 0.96)),  # first that reaches the target
+        ([[1, 0.5304], [2, 0.5944], [4, 0.6031], [8, 0.6030], [16, 0.6029]], 0.95, (4, 0.6031)),
+        # a plateau below the target: the smallest within 0.005 of the best, not the best's own nprobe
+        ([[1, 0.3139], [2, 0.4195], [4, 0.509], [8, 0.5499], [16, 0.552], [256, 0.5524]], 0.95, (8, 0.5499)),
+        ([[1, 0.40], [2, 0.50], [4, 0.60]], 0.95, (4, 0.60)),  # still rising: the last
+    ],
+)
+def test_choose_nprobe_rule(curve, target, expected) -> None:
+    assert choose_nprobe(curve, target) == expected
 
 
 @pytest.mark.parametrize(("n", "d", "budget"), [(5_000, 128, 1 * MIB), (1_000_000, 128, 5 * MIB), (20_000, 2, 1000)])
