@@ -84,6 +84,9 @@ def distill(
                                progress=lambda e, n, r: update(e, n, f"val mAP {r['val_map']:.4f}"))
     if main:
         typer.echo(f"wrote {run} (device {read_run(run).get('device', 'cpu')})")
+    from avret.train.distributed import shutdown
+
+    shutdown(synchronize=True)  # under torchrun: every rank leaves the process group together
 
 
 def _method_options(method: str, msd_weighting: str, msd_fusion: str, msd_teacher_epochs: int,

@@ -65,6 +65,9 @@ def train(
         meta = read_run(run)
         world = meta.get("world_size", 1)
         typer.echo(f"wrote {run} (device {meta.get('device', 'cpu')}" + (f", {world} processes)" if world > 1 else ")"))
+    from avret.train.distributed import shutdown
+
+    shutdown(synchronize=True)  # under torchrun: every rank leaves the process group together
 
 
 def rank0_output() -> tuple[Callable[[str], None], Callable[..., contextlib.AbstractContextManager], bool]:

@@ -158,9 +158,18 @@ def init_from_env(device: str | torch.device = "auto") -> DistInfo:
     return info()
 
 
-def shutdown() -> None:
-    """Destroy the process group (if this process has one)."""
+def shutdown(synchronize: bool = False) -> None:
+    """Destroy the process group (if this process has one).
+
+    ``synchronize``: first wait at a barrier for every rank, so that all ranks leave the group
+    together once no collective is pending — what a command does after its work is written
+    (PyTorch's advice: destroy the group explicitly near the end of main, on every rank). The
+    ``atexit`` call that :func:`init_from_env` registers does not synchronize (after an error
+    the other ranks may never reach a barrier).
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if synchronize:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
