@@ -20,7 +20,7 @@ from cli.options import (
     open_dataset,
     with_frames,
 )
-from cli.train import rank0_output
+from cli.progress import rank0_output
 
 
 @user_errors

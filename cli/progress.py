@@ -80,3 +80,17 @@ def drop_status() -> None:
     """Forget the held status lines (the command failed on a user error before they were written)."""
     _held.clear()
     _held_since.clear()
+
+
+def rank0_output() -> tuple[Callable[[str], None], Callable[..., contextlib.AbstractContextManager], bool]:
+    """``(status, progress_bar, is_main)``: the real ones on rank 0 (or alone), silent ones on other ranks."""
+    from avret.train.distributed import is_main_process
+
+    if is_main_process():
+        return status, progress_bar, True
+
+    @contextlib.contextmanager
+    def silent_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+        yield lambda *args, **kwargs: None
+
+    return (lambda _message: None), silent_bar, False

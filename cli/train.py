@@ -7,8 +7,6 @@ the final line come from rank 0 only.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -24,7 +22,7 @@ from cli.options import (
     SynthSeedOpt,
     open_dataset,
 )
-from cli.progress import progress_bar, status
+from cli.progress import rank0_output
 
 
 @user_errors
@@ -68,17 +66,3 @@ def train(
     from avret.train.distributed import shutdown
 
     shutdown(synchronize=True)  # under torchrun: every rank leaves the process group together
-
-
-def rank0_output() -> tuple[Callable[[str], None], Callable[..., contextlib.AbstractContextManager], bool]:
-    """``(status, progress_bar, is_main)``: the real ones on rank 0 (or alone), silent ones on other ranks."""
-    from avret.train.distributed import is_main_process
-
-    if is_main_process():
-        return status, progress_bar, True
-
-    @contextlib.contextmanager
-    def silent_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
-        yield lambda *args, **kwargs: None
-
-    return (lambda _message: None), silent_bar, False
