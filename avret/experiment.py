@@ -1,17 +1,13 @@
-"""Experiments: load or train retrieval models and evaluate them on a data set's test split.
+"""Experiments: evaluate saved retrieval models on a data set's split.
 
-The library side of ``avret eval``: :func:`evaluate_paths` evaluates saved runs, :func:`protocol`
-runs the whole benchmark for a data set (train the towers and fit the CCA baseline on ``train``,
-selection on a ``val`` split carved from it, then evaluate on ``test`` once). The metrics
-themselves are :mod:`avret.eval`, which knows nothing of models.
+The library side of ``avret eval``: :func:`evaluate_paths` evaluates saved runs (evaluating never
+trains: ``avret train`` / ``avret distill`` do). The metrics themselves are :mod:`avret.eval`, which
+knows nothing of models.
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from avret.data.dataset import AVDataset
 from avret.eval.evaluate import ProgressFn, evaluate_model
@@ -32,26 +28,4 @@ def evaluate_paths(
         if name in rows:
             name = f"{name} [{Path(path).name}]"
         rows[name] = evaluate_model(model, dataset, split, progress)
-    return rows
-
-
-def protocol(
-    dataset: AVDataset,
-    seed: int = 0,
-    progress: Callable[[str], None] | None = None,
-    train_kwargs: dict[str, Any] | None = None,
-) -> dict[str, CrossModalReport]:
-    """Train towers and CCA on ``train`` (selection on ``val``), evaluate both on ``test``."""
-    from avret.train.runs import train_run
-    from avret.train.towers import TrainConfig
-
-    rows: dict[str, CrossModalReport] = {}
-    with tempfile.TemporaryDirectory(prefix="avret-protocol-") as tmp:
-        for model_type in ("towers", "cca"):
-            if progress is not None:
-                progress(f"training {model_type} on {dataset.name} train split")
-            run = train_run(
-                dataset, Path(tmp) / model_type, model_type, TrainConfig(seed=seed, **(train_kwargs or {}))
-            )
-            rows[f"{model_type} (trained here, seed {seed})"] = evaluate_model(load_model(run), dataset)
     return rows

@@ -20,7 +20,7 @@ from cli.options import (
     open_dataset,
     with_frames,
 )
-from cli.progress import rank0_output
+from cli.progress import rank0_output, result
 
 
 @user_errors
@@ -78,15 +78,26 @@ def distill(
                         teacher_epochs=teacher_epochs, student_target=student_target,
                         relevance_loss=relevance_loss, weight=weight,
                         options=_method_options(method, msd_weighting, msd_fusion, msd_teacher_epochs, mi_weights))
+    before = _mtime(out / "run.json")
     with bar(f"distill ({method}) towers", total=epochs) as update:
         tcfg = TrainConfig(seed=seed, epochs=epochs, batch_size=batch_size, device=device, precision=precision)
         run = run_distillation(ds, out, cfg, tcfg, status=say, overwrite=overwrite,
                                progress=lambda e, n, r: update(e, n, f"val mAP {r['val_map']:.4f}"))
     if main:
-        typer.echo(f"wrote {run} (device {read_run(run).get('device', 'cpu')})")
+        if before is not None and _mtime(run / "run.json") == before:
+            result(f"{run}: already complete, nothing to do")
+        else:
+            result(f"wrote {run} (device {read_run(run).get('device', 'cpu')})")
     from avret.train.distributed import shutdown
 
     shutdown(synchronize=True)  # under torchrun: every rank leaves the process group together
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _method_options(method: str, msd_weighting: str, msd_fusion: str, msd_teacher_epochs: int,

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from cli.common import user_errors
-from cli.options import DataOpt, SynthClipsOpt, SynthSeedOpt, dataset_of_models, open_dataset
-from cli.progress import progress_bar, status
+from cli.options import DEMO_MODEL, DataOpt, SynthClipsOpt, SynthSeedOpt, dataset_of_models, default_path, open_dataset
+from cli.progress import flush_status, progress_bar, result, status
 
 
 @user_errors
@@ -17,18 +17,18 @@ def evaluate(
                                        help="vegas-synth | vegas | ave | mosi | mosei | a path (.h5 or folder); "
                                        "default: the data set the first --model run was trained on"),
     data: Path | None = DataOpt,
-    model: list[Path] = typer.Option([], "--model", help="Run/model directories (repeatable); "
-                                     "none: train towers + CCA on train and evaluate both"),
+    model: list[Path] = typer.Option([], "--model", help="Run/model directories (repeatable) "
+                                     "[default: runs/demo/videoadviser, the model `make demo` distils]"),
     split: str = typer.Option("test", "--split"),
     synth_clips: int | None = SynthClipsOpt,
     synth_seed: int | None = SynthSeedOpt,
-    seed: int = typer.Option(0, "--seed", help="Seed when training here (no --model)"),
-    details: bool = typer.Option(False, "--details", help="Per-class AP, P@k and mAP@R"),
+    details: bool = typer.Option(False, "--details", help="Per-class AP, P@k and mAP@R (and, in --json-out, "
+                                 "every query's AP with the query ids)"),
     json_out: Path | None = typer.Option(None, "--json-out", help="Write all metrics as JSON here"),
 ) -> None:
     """Evaluate cross-modal retrieval: every test clip of one modality queries all of the other."""
     from avret.eval.report import format_details, format_map_table
-    from avret.experiment import evaluate_paths, protocol
+    from avret.experiment import evaluate_paths
     from avret.io import RUN_FILE, load_model, read_run
     from avret.utils.atomic import write_json
 
@@ -39,6 +39,7 @@ def evaluate(
             raise typer.BadParameter(f"--dataset {dataset} needs --data PATH and --model RUN")
         eval_dataset_command(dataset, data, model[0], json_out)
         return
+    model = model or [default_path(None, DEMO_MODEL, "model")]  # evaluating never trains: train does
     for m in model:  # a broken model or run.json is a one-line error before any data is read or progress shown
         load_model(m)
         if (m / RUN_FILE).is_file():
@@ -46,16 +47,17 @@ def evaluate(
     ds = open_dataset(dataset_of_models(dataset, model, synth_clips, synth_seed), data, synth_clips, synth_seed)
     status(ds.describe())
     with progress_bar("eval queries") as update:
-        if model:
-            rows = evaluate_paths(model, ds, split, progress=lambda d, n: update(d, n))
-        else:
-            rows = protocol(ds, seed=seed, progress=status)
+        rows = evaluate_paths(model, ds, split, progress=lambda d, n: update(d, n))
+    flush_status()
     title = f"{ds.name} {split} split: {int((ds.split == split).sum())} clips per modality"
     typer.echo(format_map_table(rows, title=title, synthetic=ds.synthetic))
     if details:
         for name, rep in rows.items():
             typer.echo(f"\n{name}\n{format_details(rep)}")
     if json_out is not None:
-        write_json(json_out, {"dataset": ds.name, "synthetic": ds.synthetic, "split": split,
-                              "rows": {name: rep.to_dict() for name, rep in rows.items()}})
-        typer.echo(f"wrote {json_out}")
+        record = {"dataset": ds.name, "synthetic": ds.synthetic, "split": split,
+                  "rows": {name: rep.to_dict(include_ap=details) for name, rep in rows.items()}}
+        if details:  # the per-query AP lists ("ap") follow this order of query clip ids
+            record["query_ids"] = ds.subset(split).clip_ids.tolist()
+        write_json(json_out, record)
+        result(f"wrote {json_out}")

@@ -3,11 +3,13 @@ features from media files."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
 
 from cli.common import echo_json, user_errors
+from cli.progress import progress_bar, result
 
 app = typer.Typer(
     help="Media ingest: audio/video files -> audio features (VGGish, aisfx, log-mel) and visual features "
@@ -108,12 +110,15 @@ def extract(
         max_seconds=max_seconds,
     )
     show = progress and not json_out
-    if ray is not None:
-        from avret.features.ray_extract import extract_features_ray
+    # a live bar on a terminal; in a log (CI, nohup, a file) a progress line every 10 s: done/total, rate, ETA
+    with progress_bar("extract", unit="clips") if show else contextlib.nullcontext(None) as update:
+        callback = (lambda done, total: update(done, total)) if update is not None else False
+        if ray is not None:
+            from avret.features.ray_extract import extract_features_ray
 
-        report = extract_features_ray(media, out, config, address=ray, progress=show)
-    else:
-        report = extract_features(media, out, config, progress=show)
+            report = extract_features_ray(media, out, config, address=ray, progress=callback)
+        else:
+            report = extract_features(media, out, config, progress=callback)
     if json_out:
         echo_json(report.to_json())
         return
@@ -121,7 +126,7 @@ def extract(
         typer.echo(f"failed: {f['error']}", err=True)
     if report.n_failed > 20:
         typer.echo(f"... and {report.n_failed - 20} more (see {out / 'failures.json'})", err=True)
-    typer.echo(
+    result(
         f"{report.n_extracted} extracted, {report.n_skipped} already done, {report.n_failed} failed; "
         f"{report.n_rows} clips in {out} ({report.clips_per_s:.2f} clips/s, "
         f"decode {report.decode_seconds:.1f} s, "

@@ -6,14 +6,17 @@ from pathlib import Path
 
 import typer
 
-from cli.common import user_errors
+from cli.common import echo_json, require_int, user_errors
 from cli.options import (
+    DEMO_INDEX,
+    DEMO_MODEL,
     DataOpt,
     ModelDatasetOpt,
     OverwriteOpt,
     SynthClipsOpt,
     SynthSeedOpt,
     dataset_of_models,
+    default_path,
     open_dataset,
 )
 from cli.progress import status
@@ -24,8 +27,9 @@ app = typer.Typer(help="Build gallery indexes.", no_args_is_help=True)
 @app.command("build")
 @user_errors
 def build(
-    model: Path = typer.Option(Path("runs/towers"), "--model", help="Run or model directory"),
-    out: Path = typer.Option(Path("runs/index"), "--out", help="Index root directory to write"),
+    model: Path | None = typer.Option(None, "--model", help="Run or model directory [default: runs/demo/videoadviser, "
+                                      "the model `make demo` distils]"),
+    out: Path = typer.Option(DEMO_INDEX, "--out", help="Index root directory to write"),
     dataset: str | None = ModelDatasetOpt,
     data: Path | None = DataOpt,
     synth_clips: int | None = SynthClipsOpt,
@@ -58,6 +62,7 @@ def build(
     if modality not in modalities:
         raise typer.BadParameter(f"--modality {modality}: expected both, visual or audio")
     check_build_options(factory, max_memory, target_recall, shards, workers)
+    model = default_path(model, DEMO_MODEL, "model")
     embedder = require_embedder(load_model(model), model)
     check_output(out, "index root", INDEX_MARKERS, overwrite=overwrite, reads=(model,))  # before any work
     ds = open_dataset(dataset_of_models(dataset, [model], synth_clips, synth_seed), data, synth_clips, synth_seed)
@@ -76,3 +81,51 @@ def build(
             met = "" if t["target_met"] else f" (target {t['target_recall']} not reachable with this index)"
             typer.echo(f"  nprobe {t['nprobe']}: recall@{t['k']} {t['recall']:.3f} on {t['sample_size']} held-out "
                        f"clips{met}")
+
+
+@app.command("info")
+@user_errors
+def info(
+    index: Path | None = typer.Argument(None, help="Index root [default: runs/demo/index, written by `make demo`]"),
+    sample: int = typer.Option(10, "--sample", help="How many clip ids to show (the first ones)"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """What an index holds: counts, dims, factory, classes (with clip counts), model, measured recall, clip ids."""
+    from collections import Counter
+
+    from avret.index.searcher import Searcher
+
+    require_int(sample, "--sample", minimum=0)
+    root = default_path(index, DEMO_INDEX, "index")
+    searcher = Searcher(root)
+    out = searcher.info()
+    out.pop("versions", None)
+    first = next(iter(searcher.indexes.values()))
+    names = searcher.class_names
+    counts = Counter(int(x) for x in first.labels.tolist())
+    out["class_counts"] = {names[c] if 0 <= c < len(names) else str(c): n for c, n in sorted(counts.items())}
+    out["clip_ids"] = [str(c) for c in first.clip_ids[:sample].tolist()]
+    for modality, ix in searcher.indexes.items():
+        m = ix.manifest
+        out["indexes"][modality].update(shards=m.shards, auto=m.auto, tuning=m.tuning)
+    if as_json:
+        echo_json(out)
+        return
+    synth = " (SYNTHETIC data)" if out["synthetic"] else ""
+    typer.echo(f"index {root}: data set {out['dataset']}{synth}; model {out['model']['path']} "
+               f"({out['model']['fingerprint'][:12]})")
+    for modality, v in out["indexes"].items():
+        line = f"  {modality}: {v['count']} clips, dim {v['dim']}, factory {v['factory']}"
+        if v["tuning"]:
+            t = v["tuning"]
+            line += f", recall@{t['k']} {t['recall']:.3f} (target {t['target_recall']}" + \
+                ("" if t["target_met"] else ", not met") + ")"
+        typer.echo(line)
+    typer.echo(f"  directions: {', '.join(out['directions'])}")
+    typer.echo(f"  classes ({len(out['class_counts'])}): "
+               + ", ".join(f"{c} ({n})" for c, n in out["class_counts"].items()))
+    typer.echo(f"  media: {out['media']['clips']} clips with files; media queries "
+               + ("accepted" if out["media"]["queries"] else "not available (no features directory recorded)"))
+    if out["clip_ids"]:
+        more = f" ... ({first.count} in all)" if first.count > len(out["clip_ids"]) else ""
+        typer.echo(f"  clip ids: {', '.join(out['clip_ids'])}{more}")

@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 from cli import data, distill, features, index, search, sentiment, serve, train
 from cli import eval as eval_cmd
 from cli.common import EXIT_USER_ERROR
+from cli.progress import set_verbosity
 
 # typer ships its own copy of click; its exception classes are reached through the public BadParameter.
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -54,6 +55,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+def _print_version(value: bool) -> None:
+    if value:
+        from avret import __version__
+
+        typer.echo(f"avret {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only results and errors: no status or progress lines."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Status lines at once (also in logs) and the library's info log."),
+) -> None:
+    """avret: audio-visual retrieval with multimodal knowledge distillation."""
+    if quiet and verbose:
+        raise OneLineUsageError("--quiet and --verbose exclude each other")
+    set_verbosity(-1 if quiet else 1 if verbose else 0)
+
+
 app.command("train")(train.train)
 app.command("distill")(distill.distill)
 app.command("eval")(eval_cmd.evaluate)

@@ -62,3 +62,51 @@ def with_frames(ds: AVDataset, frames: Path | None) -> AVDataset:
     from avret.data.frames import attach_teacher_frames
 
     return attach_teacher_frames(ds, frames)
+
+
+# --------------------------------------------------------------------------- default paths
+#: Where ``make demo`` (scripts/demo.sh) writes; the defaults of the commands that read an earlier
+#: output point here, so the commands of the README work as printed after ``make demo``.
+DEMO_DIR = Path("runs/demo")
+DEMO_MODEL = DEMO_DIR / "videoadviser"
+DEMO_INDEX = DEMO_DIR / "index"
+_KINDS = {"model": ("run or model directory", "--model"), "index": ("index root", "--index")}
+
+
+def existing_outputs(kind: str, under: Path = Path("runs"), depth: int = 3) -> list[Path]:
+    """Earlier outputs of ``kind`` (``model``: run/model directories, ``index``: index roots) below ``under``."""
+    from avret.utils.atomic import INDEX_MARKERS
+
+    def holds(d: Path) -> bool:
+        if kind == "index":
+            return any((d / m).is_file() for m in INDEX_MARKERS)
+        return (d / "run.json").is_file() or (d / "model" / "config.json").is_file()
+
+    found: list[Path] = []
+    level = [under] if under.is_dir() else []
+    for _ in range(depth):
+        nxt: list[Path] = []
+        for d in level:
+            try:
+                children = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:
+                continue
+            for c in children:
+                (found if holds(c) else nxt).append(c)
+        level = nxt
+    return found
+
+
+def default_path(given: Path | None, default: Path, kind: str) -> Path:
+    """``given``, or ``default`` when it exists; else a one-line error naming the outputs that do exist."""
+    if given is not None:
+        return given
+    if default.exists():
+        return default
+    from avret.errors import AvretError
+
+    what, option = _KINDS[kind]
+    found = existing_outputs(kind)
+    hint = (f"existing: {', '.join(str(p) for p in found[:5])}{' ...' if len(found) > 5 else ''}; pass one with "
+            f"{option}") if found else f"run `make demo` first, or pass {option}"
+    raise AvretError(f"{default}: no {what} here (the default, written by `make demo`); {hint}")

@@ -1,15 +1,17 @@
 """Progress bars and status lines on stderr (so ``--json`` output on stdout stays clean).
 
-On a terminal a bar is live (rich). When stderr is not a terminal (a log file, a pipe, a test),
-no bar is drawn while the work runs: a bar that finishes prints one plain summary line (when it
-moved), and a
-command that fails prints nothing but its one-line error (``cli.common.user_errors``). Status lines
-are never wrapped, so one status is one line in a log.
+On a terminal a bar is live (rich). When stderr is not a terminal (a log file, a pipe, CI, nohup),
+no bar is drawn: long work logs a plain progress line at most every :data:`LOG_EVERY_SECONDS`
+(``extract: 120/3000 clips, 2.4/s, ETA 20m00s``), and a bar that finishes prints one summary line
+(when it moved). A command that fails on a bad input prints nothing but its one-line error
+(``cli.common.user_errors``). Status lines are never wrapped, so one status is one line in a log.
+``avret -q`` prints neither status nor progress; ``avret -v`` writes status lines at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,21 +20,64 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 _console = Console(stderr=True)
 
+#: On a non-terminal stderr, a running bar logs one progress line at most this often.
+LOG_EVERY_SECONDS = 10.0
+#: -1 quiet (results and errors only), 0 normal, 1 verbose (``avret -q`` / ``avret -v``).
+_verbosity = [0]
+
+
+def set_verbosity(level: int) -> None:
+    """-1: no status or progress lines; 0: the default; 1: status lines at once and the info log."""
+    _verbosity[0] = level
+    if level > 0:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def progress_line(description: str, done: int, total: int | None, elapsed: float, unit: str = "") -> str:
+    """``extract: 120/3000 clips, 2.40/s, ETA 20m00s`` (rate and ETA once something is done)."""
+    line = f"{description}: {done}" + (f"/{total}" if total is not None else "") + (f" {unit}" if unit else "")
+    if done > 0 and elapsed > 0:
+        rate = done / elapsed
+        line += f", {rate:.2f}/s"
+        if total is not None and total >= done:
+            line += f", ETA {_duration((total - done) / rate)}"
+    return line
+
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
-    """Yield ``update(done, total=None, info="")`` that drives one bar."""
+def progress_bar(description: str, total: int | None = None, unit: str = "") -> Iterator[Callable[..., None]]:
+    """Yield ``update(done, total=None, info="")`` that drives one bar (a log line every 10 s off a terminal)."""
+    if _verbosity[0] < 0:
+        yield lambda *args, **kwargs: None
+        return
     if not _console.is_terminal:
-        last = {"done": None, "total": total, "info": ""}
+        start = time.monotonic()
+        last = {"done": None, "total": total, "info": "", "logged": start}
 
         def record(done: int, total: int | None = None, info: str = "") -> None:
             last.update(done=done, info=info, **({"total": total} if total is not None else {}))
+            now = time.monotonic()
+            if now - last["logged"] >= LOG_EVERY_SECONDS:
+                last["logged"] = now
+                flush_status()  # the work has run long enough: held status lines go out first, in order
+                _write(progress_line(description, done, last["total"], now - start, unit)
+                       + (f" {info}" if info else ""))
 
-        yield record  # an exception propagates from here: nothing is printed
+        yield record  # an exception propagates from here: nothing more is printed
         if last["done"] is None:  # no work was done (e.g. a complete run): no summary
             return
         of = f"/{last['total']}" if last["total"] is not None else ""
-        status(f"{description}: {last['done']}{of}" + (f" {last['info']}" if last["info"] else ""))
+        status(f"{description}: {last['done']}{of}" + (f" {unit}" if unit else "")
+               + (f" {last['info']}" if last["info"] else ""))
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[info]}")]
@@ -59,8 +104,10 @@ def status(message: str) -> None:
     command succeeds or has run for :data:`HOLD_SECONDS`, and dropped when it fails on a user error
     before that (``cli.common.user_errors``), so a bad input gives exactly one line on stderr.
     """
-    if _console.is_terminal:
-        _console.print(message, highlight=False, markup=False, soft_wrap=True)
+    if _verbosity[0] < 0:
+        return
+    if _console.is_terminal or _verbosity[0] > 0:
+        _write(message)
         return
     if not _held_since:
         _held_since.append(time.monotonic())
@@ -69,11 +116,24 @@ def status(message: str) -> None:
         flush_status()
 
 
+def _write(line: str) -> None:
+    _console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 def flush_status() -> None:
     """Write the held status lines (a command succeeded, or has run long enough)."""
     for line in _held:
-        _console.print(line, highlight=False, markup=False, soft_wrap=True)
+        _write(line)
     _held.clear()
+
+
+def result(message: str) -> None:
+    """A command's result line on stdout, after every status line held so far (so a log reads in order)."""
+    import typer
+
+    flush_status()
+    sys.stderr.flush()
+    typer.echo(message)
 
 
 def drop_status() -> None:

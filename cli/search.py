@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from cli.common import echo_json, user_errors
+from cli.options import DEMO_INDEX, default_path
 
 app = typer.Typer(help="Cross-modal search over a built index.", no_args_is_help=True)
 
@@ -26,6 +27,10 @@ def _print(answer, as_json: bool) -> None:  # noqa: ANN001 - avret.index.searche
         for rec in block["results"]:
             mark = "" if rec["match"] is None else (" (match)" if rec["match"] else "")
             typer.echo(f"{rec['rank']:>4}  {rec['clip_id']:<24} {rec['score']:>7.4f}  {rec['class'] or ''}{mark}")
+        marks = [rec["match"] for rec in block["results"]]
+        if marks and None not in marks:  # the query's class is known: its own precision at k
+            typer.echo(f"P@{len(marks)} {sum(marks) / len(marks):.2f} ({sum(marks)} of {len(marks)} results "
+                       f"share the query's class)")
 
 
 def _command(direction: str):
@@ -33,7 +38,8 @@ def _command(direction: str):
     def run(
         query: str = typer.Option(..., "--query", "-q",
                                   help="Clip id(s, comma-separated), a .npy feature file, or a media file"),
-        index: Path = typer.Option(Path("runs/index"), "--index", help="Index root (from avret index build)"),
+        index: Path | None = typer.Option(None, "--index", help="Index root (from avret index build) "
+                                          "[default: runs/demo/index, written by `make demo`]"),
         k: int = typer.Option(10, "-k", "--k", help="Number of results"),
         classes: str | None = typer.Option(None, "--classes", help="Only results of these classes (comma-separated)"),
         model: Path | None = typer.Option(None, "--model", help="Model (default: the one recorded in the index)"),
@@ -51,7 +57,8 @@ def _command(direction: str):
 
         if not max_seconds > 0:
             raise QueryError(f"--max-seconds {max_seconds}: expected a positive number of seconds")
-        searcher = Searcher(index, model=model, features=features, max_query_seconds=max_seconds)
+        searcher = Searcher(default_path(index, DEMO_INDEX, "index"), model=model, features=features,
+                            max_query_seconds=max_seconds)
         wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
         answer = searcher.search(direction, query, k, classes=wanted, dataset=dataset,
                                  data=str(data) if data else None)

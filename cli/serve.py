@@ -8,13 +8,15 @@ from pathlib import Path
 import typer
 
 from cli.common import user_errors
+from cli.options import DEMO_INDEX, default_path
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 @user_errors
 def serve(
-    index: Path = typer.Option(Path("runs/index"), "--index", help="Index root (from avret index build)"),
+    index: Path | None = typer.Option(None, "--index", help="Index root (from avret index build) "
+                                      "[default: runs/demo/index, written by `make demo`]"),
     media_root: Path | None = typer.Option(None, "--media-root", help="Directory media files are served from "
                                            "(default: the one recorded in the index)"),
     features: Path | None = typer.Option(None, "--features", help="Features dir for uploaded media queries "
@@ -48,6 +50,7 @@ def serve(
     from avret.index.searcher import Searcher
     from avret.serve.app import create_app
 
+    index = default_path(index, DEMO_INDEX, "index")
     searcher = Searcher(index, model=model, device=device, features=features, media_root=media_root,
                         load_model=True, max_query_seconds=max_seconds)
     app = create_app(searcher, token=token, max_upload_bytes=int(max_upload_mb * 2**20), threads=workers_threads)

@@ -22,7 +22,7 @@ from cli.options import (
     SynthSeedOpt,
     open_dataset,
 )
-from cli.progress import rank0_output
+from cli.progress import rank0_output, result
 
 
 @user_errors
@@ -62,7 +62,7 @@ def train(
     if main:
         meta = read_run(run)
         world = meta.get("world_size", 1)
-        typer.echo(f"wrote {run} (device {meta.get('device', 'cpu')}" + (f", {world} processes)" if world > 1 else ")"))
+        result(f"wrote {run} (device {meta.get('device', 'cpu')}" + (f", {world} processes)" if world > 1 else ")"))
     from avret.train.distributed import shutdown
 
     shutdown(synchronize=True)  # under torchrun: every rank leaves the process group together

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread, here and in every subprocess a test starts: the tests that promise bit-identical
+# results (weight 0 = the plain student, resume = uninterrupted, 1 process = 2 processes) then hold on a
+# loaded machine too, where multi-threaded kernels may split their work differently from run to run;
+# on 2 busy cores one thread is also the faster choice.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

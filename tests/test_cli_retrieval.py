@@ -77,17 +77,23 @@ def test_eval_prints_table_and_json(built, tmp_path):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["search", "audio-to-video", "--query", "synth_999999"], "clip id 'synth_999999' is not in"),
-        (["search", "audio-to-video", "--query", "synth_000001", "-k", "100000"], "k=100000"),
-        (["search", "audio-to-video", "--query", "missing.npy"], "missing.npy: query feature file not found"),
-        (["eval", "--dataset", "does/not/exist.h5"], "does/not/exist.h5"),
-        (["eval", "--dataset", "vegas"], "needs --data"),
+        (["search", "audio-to-video", "--query", "synth_999999", "--index", "{index}"],
+         "clip id 'synth_999999' is not in"),
+        (["search", "audio-to-video", "--query", "synth_000001", "-k", "100000", "--index", "{index}"], "k=100000"),
+        (["search", "audio-to-video", "--query", "missing.npy", "--index", "{index}"],
+         "missing.npy: query feature file not found"),
+        (["eval", "--dataset", "does/not/exist.h5", "--model", "{towers}"], "does/not/exist.h5"),
+        (["eval", "--dataset", "vegas", "--model", "{towers}"], "needs --data"),
+        # a default path that does not exist (no `make demo` in this directory): one line naming it
+        (["search", "audio-to-video", "--query", "synth_000001"], "runs/demo/index: no index root here"),
+        (["index", "info"], "runs/demo/index: no index root here"),
+        (["eval"], "runs/demo/videoadviser: no run or model directory here"),
+        (["index", "build"], "runs/demo/videoadviser: no run or model directory here"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(built, args, needle):
-    if args[0] == "search":
-        args = args + ["--index", str(built / "index")]
-    res = invoke(*args)
+def test_bad_input_is_one_line_exit_2(built, args, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = invoke(*(a.format(index=built / "index", towers=built / "towers") for a in args))
     assert res.exit_code == 2, res.output
     assert needle in res.stderr
     assert "Traceback" not in res.output

@@ -77,4 +77,6 @@ def build_method(name: str, ctx: MethodContext) -> AuxiliaryLoss | None:
     """The auxiliary loss of method ``name`` (:class:`AvretError` lists the known ones)."""
     if name not in METHODS:
         raise AvretError(f"--method '{name}': expected one of {sorted(METHODS)}")
+    if ctx.options.get("weight") == 0:
+        return None  # weight 0 is the plain student: no auxiliary graph at all, not a term multiplied by 0
     return METHODS[name](ctx)
