@@ -48,7 +48,7 @@ def run_child(args: list[str], src: Path) -> dict[str, Any]:
     """Run ``python -m cli.main ARGS`` from ``src``; return wall seconds, peak RSS (MB), rc, output."""
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=src, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "avret_cli.main", *args], cwd=src, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
@@ -60,7 +60,7 @@ def run_measured(args: list[str], src: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=src, env=env, stdout=fo, stderr=fe)
+        proc = subprocess.Popen([sys.executable, "-m", "avret_cli.main", *args], cwd=src, env=env, stdout=fo, stderr=fe)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)

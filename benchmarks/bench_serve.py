@@ -83,7 +83,7 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve", "--index", str(index), "--port", str(self.port)],
+            [sys.executable, "-m", "avret_cli.main", "serve", "--index", str(index), "--port", str(self.port)],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         t0 = time.perf_counter()
@@ -175,7 +175,7 @@ def library_latency(searcher: Any, ids: list[str], n: int, seed: int) -> dict[st
 
 
 def cli_times(index: Path, clip_id: str, npy: Path, repeats: int) -> dict[str, float]:
-    avret = [sys.executable, "-m", "cli.main"]
+    avret = [sys.executable, "-m", "avret_cli.main"]
     cmds = {
         "avret --help": [*avret, "--help"],
         "search by clip id (stored embedding)": [*avret, "search", "audio-to-video", "--index", str(index),

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import typer
 
 from avret.errors import AvretError
-from cli.progress import drop_status, flush_status
+
+from .progress import drop_status, flush_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 

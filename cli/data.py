@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import user_errors
+from .common import user_errors
 
 app = typer.Typer(help="Data sets from real recordings and images (av-digits).", no_args_is_help=True)
 
@@ -42,7 +42,8 @@ def make_av_digits_cmd(
     `avret features extract --media OUT/media --labels OUT/manifest.csv`.
     """
     from avret.data.av_digits import make_av_digits
-    from cli.progress import progress_bar
+
+    from .progress import progress_bar
 
     if progress:
         with progress_bar("av-digits") as update:

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 
 from avret.distill.defaults import MIKD_DEFAULTS, MSD_DEFAULTS
-from cli.common import require_int, user_errors
-from cli.options import (
+
+from .common import require_int, user_errors
+from .options import (
     DataOpt,
     DatasetOpt,
     DeviceOpt,
@@ -20,7 +21,7 @@ from cli.options import (
     open_dataset,
     with_frames,
 )
-from cli.progress import rank0_output, result
+from .progress import rank0_output, result
 
 
 @user_errors

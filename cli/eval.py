@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from cli.common import user_errors
-from cli.options import DEMO_MODEL, DataOpt, SynthClipsOpt, SynthSeedOpt, dataset_of_models, default_path, open_dataset
-from cli.progress import flush_status, progress_bar, result, status
+from .common import user_errors
+from .options import DEMO_MODEL, DataOpt, SynthClipsOpt, SynthSeedOpt, dataset_of_models, default_path, open_dataset
+from .progress import flush_status, progress_bar, result, status
 
 
 @user_errors
@@ -33,7 +33,7 @@ def evaluate(
     from avret.utils.atomic import write_json
 
     if dataset in ("mosi", "mosei"):
-        from cli.sentiment import eval_dataset_command
+        from .sentiment import eval_dataset_command
 
         if data is None or not model:
             raise typer.BadParameter(f"--dataset {dataset} needs --data PATH and --model RUN")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from cli.common import echo_json, user_errors
-from cli.progress import progress_bar, result
+from .common import echo_json, user_errors
+from .progress import progress_bar, result
 
 app = typer.Typer(
     help="Media ingest: audio/video files -> audio features (VGGish, aisfx, log-mel) and visual features "

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from cli.common import echo_json, require_int, user_errors
-from cli.options import (
+from .common import echo_json, require_int, user_errors
+from .options import (
     DEMO_INDEX,
     DEMO_MODEL,
     DataOpt,
@@ -19,7 +19,7 @@ from cli.options import (
     default_path,
     open_dataset,
 )
-from cli.progress import status
+from .progress import status
 
 app = typer.Typer(help="Build gallery indexes.", no_args_is_help=True)
 

@@ -12,10 +12,10 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from cli import data, distill, features, index, search, sentiment, serve, train
-from cli import eval as eval_cmd
-from cli.common import EXIT_USER_ERROR
-from cli.progress import set_verbosity
+from . import data, distill, features, index, search, sentiment, serve, train
+from . import eval as eval_cmd
+from .common import EXIT_USER_ERROR
+from .progress import set_verbosity
 
 # typer ships its own copy of click; its exception classes are reached through the public BadParameter.
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")

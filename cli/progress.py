@@ -4,7 +4,7 @@ On a terminal a bar is live (rich). When stderr is not a terminal (a log file, a
 no bar is drawn: long work logs a plain progress line at most every :data:`LOG_EVERY_SECONDS`
 (``extract: 120/3000 clips, 2.4/s, ETA 20m00s``), and a bar that finishes prints one summary line
 (when it moved). A command that fails on a bad input prints nothing but its one-line error
-(``cli.common.user_errors``). Status lines are never wrapped, so one status is one line in a log.
+(``avret_cli.common.user_errors``). Status lines are never wrapped, so one status is one line in a log.
 ``avret -q`` prints neither status nor progress; ``avret -v`` writes status lines at once.
 """
 
@@ -102,7 +102,7 @@ def status(message: str) -> None:
 
     On a terminal it is printed at once. Otherwise (a log, a pipe, a test) lines are held until the
     command succeeds or has run for :data:`HOLD_SECONDS`, and dropped when it fails on a user error
-    before that (``cli.common.user_errors``), so a bad input gives exactly one line on stderr.
+    before that (``avret_cli.common.user_errors``), so a bad input gives exactly one line on stderr.
     """
     if _verbosity[0] < 0:
         return

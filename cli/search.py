@@ -10,8 +10,8 @@ from pathlib import Path
 
 import typer
 
-from cli.common import echo_json, user_errors
-from cli.options import DEMO_INDEX, default_path
+from .common import echo_json, user_errors
+from .options import DEMO_INDEX, default_path
 
 app = typer.Typer(help="Cross-modal search over a built index.", no_args_is_help=True)
 

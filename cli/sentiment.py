@@ -19,9 +19,9 @@ from typing import Any
 
 import typer
 
-from cli.common import require_int, require_number, user_errors
-from cli.options import DeviceOpt, OverwriteOpt, PrecisionOpt
-from cli.progress import progress_bar, status
+from .common import require_int, require_number, user_errors
+from .options import DeviceOpt, OverwriteOpt, PrecisionOpt
+from .progress import progress_bar, status
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

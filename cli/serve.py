@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from cli.common import user_errors
-from cli.options import DEMO_INDEX, default_path
+from .common import user_errors
+from .options import DEMO_INDEX, default_path
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import typer
 
-from cli.common import require_int, user_errors
-from cli.options import (
+from .common import require_int, user_errors
+from .options import (
     DataOpt,
     DatasetOpt,
     DeviceOpt,
@@ -22,7 +22,7 @@ from cli.options import (
     SynthSeedOpt,
     open_dataset,
 )
-from cli.progress import rank0_output, result
+from .progress import rank0_output, result
 
 
 @user_errors

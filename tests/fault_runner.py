@@ -108,7 +108,7 @@ def _child(req: dict[str, Any], log: str, trace: str) -> None:
         import torch
 
         torch.set_num_threads(1)
-        from cli.main import app
+        from avret_cli.main import app
 
         if "call" in req:  # a helper of the tests (building fixtures with the warm imports)
             import importlib
@@ -167,7 +167,7 @@ def serve() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch  # noqa: F401 - imported once here, inherited by every fork
 
-    import cli.main  # noqa: F401
+    import avret_cli.main  # noqa: F401
 
     _warm_imports()
     work = tempfile.mkdtemp(prefix="avret-fault-runner-")

@@ -26,7 +26,7 @@ from avret.data.folder import read_manifest
 from avret.errors import AvretError, DataError
 from avret.features.decode import decode_audio, decode_frames, probe
 from avret.features.extract import assign_clip_ids, list_media
-from cli.data import app as data_app
+from avret_cli.data import app as data_app
 
 FSDD = default_fsdd_dir()  # $AVRET_FSDD, else ../shared/data/fsdd/recordings beside the repository
 needs_fsdd = pytest.mark.skipif(not FSDD.is_dir(), reason="../shared/data/fsdd is absent")

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cli.main import app
+from avret_cli.main import app
 
 SETTINGS = settings(max_examples=6, derandomize=True, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -490,7 +490,7 @@ def test_bad_numbers_before_any_work(world, command, option, value):
 
 # --------------------------------------------------------------------------- progress and resume
 def test_progress_prints_nothing_when_the_work_fails(capsys):
-    from cli.progress import flush_status, progress_bar
+    from avret_cli.progress import flush_status, progress_bar
 
     with pytest.raises(RuntimeError), progress_bar("work", total=3) as update:
         update(1, info="first")

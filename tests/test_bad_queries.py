@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from avret_cli.main import app
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from avret_cli.main import app
 
 runner = CliRunner()
 SYNTH = ["--synth-clips", "400", "--synth-seed", "2"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from avret_cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "faiss", "fastapi", "h5py", "av", "transformers", "open_clip", "ray")
@@ -27,7 +27,7 @@ def _modules_after(code: str) -> set[str]:
                                   ["serve", "--help"], ["features", "extract", "--help"],
                                   ["sentiment", "train", "--help"], ["data", "make-av-digits", "--help"]])
 def test_help_imports_nothing_heavy(argv):
-    code = ("from typer.testing import CliRunner\nfrom cli.main import app\n"
+    code = ("from typer.testing import CliRunner\nfrom avret_cli.main import app\n"
             f"r = CliRunner().invoke(app, {argv!r})\nassert r.exit_code == 0, r.output")
     loaded = _modules_after(code)
     assert not [m for m in HEAVY if m in loaded], f"avret {' '.join(argv)} imported {[m for m in HEAVY if m in loaded]}"
@@ -39,7 +39,7 @@ def test_a_clip_id_search_never_imports_torch(tmp_path, tiny_run, tiny_synth):
 
     index = tmp_path / "index"
     build_indexes(load_model(tiny_run), tiny_synth, index, device="cpu")
-    code = ("from typer.testing import CliRunner\nfrom cli.main import app\n"
+    code = ("from typer.testing import CliRunner\nfrom avret_cli.main import app\n"
             f"r = CliRunner().invoke(app, ['search', 'audio-to-video', '--index', {str(index)!r}, '--query', "
             "'synth_000001', '-k', '3'])\nassert r.exit_code == 0, r.output\nassert 'synth_' in r.stdout")
     loaded = _modules_after(code)

@@ -19,7 +19,7 @@ from avret.io import load_model
 from avret.losses.kd import LogitKDLoss, kd_loss
 from avret.losses.relevance import PairwiseRelevanceLoss
 from avret.train.towers import Batch
-from cli.main import app
+from avret_cli.main import app
 
 SYNTH = ["--synth-clips", "300", "--synth-seed", "3"]
 RUN_ARGS = [*SYNTH, "--teacher-epochs", "2", "--prompts", "shared", "--epochs", "3"]

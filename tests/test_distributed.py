@@ -26,7 +26,7 @@ from avret.models.towers import TowerConfig
 from avret.train import distributed as dist
 from avret.train.loop import Callback
 from avret.train.towers import TrainConfig, train_towers
-from cli.main import app
+from avret_cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TowerConfig(embed_dim=16, hidden_dim=32, num_layers=1)
@@ -271,7 +271,7 @@ def test_torchrun_avret_train_writes_one_valid_run(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(dist.free_port()), "-m", "cli.main", "train", "--out", str(out), "--synth-clips", "200",
+           str(dist.free_port()), "-m", "avret_cli.main", "train", "--out", str(out), "--synth-clips", "200",
            "--epochs", "2", "--batch-size", "32", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

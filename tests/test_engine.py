@@ -24,7 +24,7 @@ from avret.io import MODEL_TYPES, load_model, read_run, verify_run
 from avret.train.loop import FitConfig, fit
 from avret.train.runs import train_run
 from avret.train.towers import TrainConfig, mean_map, validation_map
-from cli.main import app
+from avret_cli.main import app
 
 FAST = {"epochs": 4, "batch_size": 64, "patience": 3}
 

@@ -219,7 +219,7 @@ def test_device_option_is_resolved_by_the_shared_helper(models, media, tmp_path,
     """--device auto|cpu|cuda goes through avret.utils.device.resolve_device (one-line AvretError)."""
     from typer.testing import CliRunner
 
-    from cli.features import app
+    from avret_cli.features import app
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
     clip = media / "noise.mp4"
@@ -243,7 +243,7 @@ def test_device_option_is_resolved_by_the_shared_helper(models, media, tmp_path,
 def test_cli_extract(models, media, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.features import app
+    from avret_cli.features import app
 
     runner = CliRunner()
     out = tmp_path / "cli_feats"
@@ -307,7 +307,7 @@ def test_inception_features_with_pca(tmp_path, media):
 def test_cli_extract_train_index_and_search_by_wav(models, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from avret_cli.main import app
 
     media, _ = write_labelled_media(tmp_path, 12)
     feats, run, index = tmp_path / "feats", tmp_path / "run", tmp_path / "index"
@@ -356,7 +356,7 @@ def test_failed_start_on_weights_writes_nothing(models, media, tmp_path):
 def test_labels_encoding_bom_and_unsafe_clip_ids(models, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.features import app
+    from avret_cli.features import app
 
     media = tmp_path / "m"
     media.mkdir()

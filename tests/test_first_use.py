@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import avret
-from cli.main import app
+from avret_cli.main import app
 
 SYNTH = ["--synth-clips", "300", "--synth-seed", "3"]
 
@@ -85,7 +85,7 @@ def test_quiet_prints_no_status_and_verbose_prints_at_once(tmp_path):
 def test_a_complete_rerun_says_so_after_its_status_lines(tmp_path):
     """In a log (stdout and stderr into one file), the result line comes after the status lines."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "cli.main", "distill", "--method", "none", "--epochs", "1", *SYNTH,
+    args = [sys.executable, "-m", "avret_cli.main", "distill", "--method", "none", "--epochs", "1", *SYNTH,
             "--out", str(out)]
     first = subprocess.run(args, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
@@ -98,7 +98,7 @@ def test_a_complete_rerun_says_so_after_its_status_lines(tmp_path):
 
 def test_progress_lines_in_a_log(monkeypatch):
     """Off a terminal a running bar logs done/total, rate and ETA at a bounded rate (here: every update)."""
-    from cli import progress
+    from avret_cli import progress
 
     lines = []
     monkeypatch.setattr(progress, "LOG_EVERY_SECONDS", 0.0)
@@ -129,7 +129,7 @@ def test_features_extract_logs_progress_lines_and_search_by_wav_needs_no_feature
     """A non-terminal log of `features extract` shows done/total lines while it runs; a media query then
     uses the features directory the index recorded (no --features)."""
     from avret.features.synthetic_media import write_labelled_media, write_wav
-    from cli import progress
+    from avret_cli import progress
     from tests.fixtures_media import make_tiny_extractors
 
     monkeypatch.setattr(progress, "LOG_EVERY_SECONDS", 0.0)

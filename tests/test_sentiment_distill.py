@@ -42,7 +42,7 @@ def test_out_of_fold_scores_cover_every_row_and_record_the_input() -> None:
 
 
 def test_cli_distill_videoadviser(tmp_path: Path) -> None:
-    from cli.sentiment import app
+    from avret_cli.sentiment import app
 
     enc = make_tiny_roberta(tmp_path / "enc", POS + NEG + FILL)
     data = tmp_path / "label.csv"

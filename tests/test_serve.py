@@ -18,7 +18,7 @@ from avret.index.pipeline import build_indexes
 from avret.index.searcher import Searcher
 from avret.io import load_model
 from avret.serve.app import create_app
-from cli.main import app as cli_app
+from avret_cli.main import app as cli_app
 from tests.fixtures_media import build_media_index
 
 TOKEN = "s3cret-token-1"

@@ -58,7 +58,7 @@ class LiveServer:
     def __init__(self, index: Path, *extra: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "cli.main", "serve", "--index", str(index), "--port", str(self.port), *extra]
+        cmd = [sys.executable, "-m", "avret_cli.main", "serve", "--index", str(index), "--port", str(self.port), *extra]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, "PYTHONPATH": str(REPO)})
         deadline = time.monotonic() + 120

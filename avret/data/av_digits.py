@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from avret.data.locations import shared_data_dir, where_from
 from avret.errors import AvretError, DataError
 from avret.utils.atomic import check_output
 
@@ -128,19 +129,21 @@ class AVDigitsReport:
 
 
 def default_fsdd_dir() -> Path:
-    """``$AVRET_FSDD`` when set, else ``../shared/data/fsdd/recordings`` beside the repository."""
+    """``$AVRET_FSDD`` when set, else ``fsdd/recordings`` in the shared data directory
+    (:func:`avret.data.locations.shared_data_dir`: ``$AVRET_DATA`` or ``../shared/data`` from the working directory)."""
     env = os.environ.get(FSDD_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fsdd" / "recordings"
+    return shared_data_dir() / "fsdd" / "recordings"
 
 
 def resolve_fsdd_dir(path: str | Path | None) -> Path:
     """The folder holding the FSDD wavs: ``path`` itself or its ``recordings/`` sub-folder."""
     root = Path(path) if path is not None else default_fsdd_dir()
     if not root.is_dir():
-        raise DataError(f"--fsdd {root}: directory not found; expected the FSDD recordings folder "
-                        f"(set {FSDD_ENV} or pass --fsdd)")
+        how = "--fsdd" if path is not None else f"the default ({where_from()}; or set {FSDD_ENV})"
+        raise DataError(f"--fsdd {root}: directory not found; expected the FSDD recordings folder; {root} is "
+                        f"{how}; pass --fsdd DIR")
     if (root / "recordings").is_dir() and not any(FSDD_PATTERN.match(p.name) for p in root.glob("*.wav")):
         root = root / "recordings"
     return root

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from avret.data.locations import shared_data_dir, where_from
 from avret.errors import DataError
 from avret.utils.csvfile import csv_errors
 
@@ -27,7 +28,6 @@ SPLIT_ALIASES = {"train": "train", "dev": "dev", "valid": "dev", "val": "dev", "
                  "test": "test"}
 LABEL_MIN, LABEL_MAX = -3.0, 3.0
 DATASETS = ("mosi", "mosei")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 LABEL_CSV = "a UTF-8 MMSA label.csv (id,text,label,mode)"
@@ -44,8 +44,9 @@ class SentimentExample:
 
 
 def default_data_path(dataset: str = "mosi") -> Path:
-    """The shared copy of a data set's ``label.csv``: ``../shared/data/<dataset>/label.csv``."""
-    return REPO_ROOT.parent / "shared" / "data" / dataset / "label.csv"
+    """The shared copy of a data set's ``label.csv``: ``<shared data>/<dataset>/label.csv``
+    (:func:`avret.data.locations.shared_data_dir`: ``$AVRET_DATA`` or ``../shared/data`` from the working directory)."""
+    return shared_data_dir() / dataset / "label.csv"
 
 
 def resolve_label_csv(data: str | Path | None, dataset: str = "mosi") -> Path:
@@ -54,8 +55,9 @@ def resolve_label_csv(data: str | Path | None, dataset: str = "mosi") -> Path:
     if path.is_dir():
         path = path / "label.csv"
     if not path.is_file():
-        raise DataError(f"{path}: no such file (expected an MMSA label.csv with columns "
-                        "id|video_id,clip_id, text, label, mode)")
+        how = "" if data is not None else f" (the default: {where_from()}; or pass --data)"
+        raise DataError(f"{path}: no such file{how}; expected an MMSA label.csv with columns "
+                        "id|video_id,clip_id, text, label, mode")
     return path
 
 
