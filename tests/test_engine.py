@@ -108,6 +108,21 @@ def test_zero_distillation_weight_gives_the_plain_student(weight_runs):
     assert _identical(plain, _weights(weight_runs["kd0"]))
 
 
+@pytest.mark.parametrize("method", ["kd", "videoadviser", "msd", "mi-kd"])
+def test_zero_weight_builds_no_auxiliary_graph(method):
+    """Weight 0 is the plain student by construction (no term multiplied by 0, no extra parameters),
+    so the bit-identity above does not hang on how a loaded machine orders floating-point sums."""
+    from avret.distill.context import MethodContext, TeacherOutputs
+    from avret.distill.methods import build_method
+    from avret.distill.step1 import RelevanceHead
+
+    ds = make_vegas_synth(SynthConfig(n_clips=120, seed=0))
+    post = torch.softmax(torch.randn(len(ds.subset("train")), ds.num_classes), -1)
+    ctx = MethodContext(ds.subset("train"), ds.subset("val"), TeacherOutputs(post.log(), post, RelevanceHead()), 8,
+                        options={"weight": 0.0})
+    assert build_method(method, ctx) is None
+
+
 def test_default_distillation_weight_changes_the_student(weight_runs):
     assert not _identical(_weights(weight_runs["none"]), _weights(weight_runs["va"]))
     assert read_run(weight_runs["va"])["distill_config"]["weight"] is None  # the method's default was used
