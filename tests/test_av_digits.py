@@ -22,7 +22,7 @@ from avret.data.av_digits import (
     plan_av_digits,
     read_av_digits,
 )
-from avret.data.folder import read_manifest
+from avret.data.folder import read_folder_manifest
 from avret.errors import AvretError, DataError
 from avret.features.decode import decode_audio, decode_frames, probe
 from avret.features.extract import assign_clip_ids, list_media
@@ -126,7 +126,7 @@ def test_subset_renders_real_recordings_exactly_and_is_byte_deterministic(tmp_pa
         assert got.shape == (64, 64, 3) and np.abs(got - want).mean() < 4.0
 
     # What `features extract --media OUT/media --labels OUT/manifest.csv` needs: ids = file stems.
-    ids, manifest_labels, splits = read_manifest(out / MANIFEST)
+    ids, manifest_labels, splits = read_folder_manifest(out / MANIFEST)
     assert sorted(assign_clip_ids(list_media([out / "media"]))) == sorted(ids)
     assert set(splits) == {"train", "test"} and set(manifest_labels) == {str(d) for d in range(10)}
     assert read_av_digits(out)["pairing"].startswith("by class")

@@ -25,7 +25,7 @@ import pytest
 
 from avret.data.folder import load_folder
 from avret.errors import AvretError
-from avret.index.store import AVIndex, index_path_for, read_manifest
+from avret.index.store import AVIndex, index_path_for, read_index_manifest
 from avret.io import load_model, read_run, verify_run
 from tests.fault_runner import FaultRunner
 
@@ -161,7 +161,7 @@ def index_state(out: Path) -> str | None:
         assert not out.exists(), f"{out} holds an incomplete index: {sorted(p.name for p in out.iterdir())}"
         return None
     audio = AVIndex.load(index_path_for(out, "audio"), device="cpu")
-    assert visual.manifest.count == audio.manifest.count == read_manifest(out / "audio").count
+    assert visual.manifest.count == audio.manifest.count == read_index_manifest(out / "audio").count
     return "new" if visual.manifest.count == 100 else "old"
 
 

@@ -19,7 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from avret.data.av_digits import default_fsdd_dir
-from avret.data.folder import read_manifest
+from avret.data.folder import read_folder_manifest
 from avret.features import embed_query_media
 from avret.features.extract import ExtractConfig
 from avret.features.real_encoders import EfficientNetLite0
@@ -80,7 +80,7 @@ def _pipeline(feats: Path, tmp: Path, audio_dim: int, visual_dim: int) -> dict:
     answer = json.loads(_ok("search", "audio-to-video", "--index", idx, "--query", query, "-k", 5, "--json"))
     results = answer["queries"][0]["results"]
     assert answer["queries"][0]["query"] == query.name and len(results) == 5
-    ids = set(read_manifest(feats / "manifest.csv")[0])
+    ids = set(read_folder_manifest(feats / "manifest.csv")[0])
     assert all(r["clip_id"] in ids and r["class"] in {str(d) for d in range(10)} for r in results)
     out = _ok("eval", "--model", run)
     row = next(ln for ln in out.splitlines() if ln.startswith("towers"))
@@ -91,7 +91,7 @@ def _pipeline(feats: Path, tmp: Path, audio_dim: int, visual_dim: int) -> dict:
 
 def _query_equals_row(feats: Path, avd: Path) -> None:
     """A media query embeds exactly as extraction did: the clip's mp4 and its FSDD wav give its row."""
-    ids = read_manifest(feats / "manifest.csv")[0]
+    ids = read_folder_manifest(feats / "manifest.csv")[0]
     audio, visual = np.load(feats / "audio.npy"), np.load(feats / "visual.npy")
     for cid in (ids[0], ids[-1]):
         i = ids.index(cid)

@@ -71,7 +71,7 @@ def _bad_clip_id(cid: str) -> str | None:
     return None
 
 
-def read_manifest(path: Path) -> tuple[list[str], list[str], list[str]]:
+def read_folder_manifest(path: Path) -> tuple[list[str], list[str], list[str]]:
     """Read ``clip_id,label,split`` rows; missing label/split columns become empty strings.
 
     UTF-8 (a byte-order mark is accepted). Refused with one line naming the file and line: other
@@ -115,7 +115,7 @@ def read_media_column(path: Path) -> list[str] | None:
     """The optional ``media`` column of a manifest (each clip's media file, written by ``features extract``).
 
     Relative paths are taken relative to the manifest's folder; an empty cell means unknown.
-    Returns None when the manifest has no such column. Call after :func:`read_manifest` has checked the file.
+    Returns None when the manifest has no such column. Call after :func:`read_folder_manifest` has checked the file.
     """
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
@@ -151,7 +151,7 @@ def load_folder(path: str | Path, name: str | None = None) -> AVDataset:
     if not root.is_dir():
         raise DataError(f"{root}: directory not found; expected a folder with manifest.csv, audio.npy, visual.npy")
     recover_commits(root)  # a features extract killed while installing its files: finish its commit
-    ids, label_names, splits = read_manifest(root / MANIFEST)
+    ids, label_names, splits = read_folder_manifest(root / MANIFEST)
     if (root / CLASSES).is_file():
         class_names = read_class_names(root / CLASSES)
     else:

@@ -31,12 +31,12 @@ EXPECTED = ("expected a .npy (N, T, D) array, an .npz/.h5 file with key 'teacher
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(frames, mask or None, clip ids or None) from ``path``."""
-    from avret.data.folder import MANIFEST, TEACHER_FRAMES, TEACHER_MASK, load_npy, read_manifest
+    from avret.data.folder import MANIFEST, TEACHER_FRAMES, TEACHER_MASK, load_npy, read_folder_manifest
 
     if path.is_dir():
         if not (path / TEACHER_FRAMES).is_file():
             raise DataError(f"{path}: folder has no {TEACHER_FRAMES}; {EXPECTED}")
-        ids, _, _ = read_manifest(path / MANIFEST)
+        ids, _, _ = read_folder_manifest(path / MANIFEST)
         mask = load_npy(path / TEACHER_MASK, "a (N, T) bool mask", kinds="biu") \
             if (path / TEACHER_MASK).is_file() else None
         return load_npy(path / TEACHER_FRAMES, "an (N, T, D) array"), mask, np.asarray(ids)

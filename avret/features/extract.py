@@ -26,7 +26,6 @@ end and models as recorded in a features directory's ``extract_config.json``.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -71,6 +70,7 @@ from avret.features.shards import (
 from avret.models.clip import resolve_model_name
 from avret.utils.atomic import check_writable, sweep_temporaries
 from avret.utils.device import resolve_device
+from avret.utils.versions import FEATURES_LIBRARIES, library_versions
 
 EXTRACT_CONFIG = "extract_config.json"
 FAILURES = "failures.json"
@@ -536,9 +536,9 @@ class FeatureExtractor:
 def _read_labels(path: Path | None) -> dict[str, tuple[str, str]]:
     if path is None:
         return {}
-    from avret.data.folder import read_manifest
+    from avret.data.folder import read_folder_manifest
 
-    ids, labels, splits = read_manifest(path)
+    ids, labels, splits = read_folder_manifest(path)
     return {c: (lab, sp) for c, lab, sp in zip(ids, labels, splits, strict=True)}
 
 
@@ -714,18 +714,6 @@ def finish_extraction(plan: ExtractPlan, dims: tuple[int, int, int | None] | Non
     return report
 
 
-def _versions() -> dict[str, str | None]:
-    import importlib.metadata as md
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("avret", "torch", "torchaudio", "torchvision", "open_clip_torch", "av", "numpy"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def _real_encoder_record(name: str, weights_sha256: str | None, weights: Path | None, dim: int) -> dict[str, Any]:
     from avret.features.real_encoders import WHEELS, frontend_settings
 
@@ -783,7 +771,7 @@ def _extract_record(
         "counts": {"media": report.n_media, "rows": n_rows, "extracted_this_run": report.n_extracted,
                    "skipped_this_run": report.n_skipped, "failed_this_run": report.n_failed},
         "device": report.device,
-        "versions": _versions(),
+        "versions": library_versions(FEATURES_LIBRARIES),
     }
 
 

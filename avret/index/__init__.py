@@ -18,7 +18,7 @@ from avret.index.manifest import (
     MODALITIES,
     IndexManifest,
 )
-from avret.index.store import AVIndex, SearchResult, index_path_for, read_manifest
+from avret.index.store import AVIndex, SearchResult, index_path_for, read_index_manifest
 
 __all__ = [
     "AVIndex",
@@ -30,6 +30,6 @@ __all__ = [
     "MODALITIES",
     "SearchResult",
     "index_path_for",
-    "read_manifest",
+    "read_index_manifest",
     "resolve_device",
 ]

@@ -7,12 +7,11 @@ before the (possibly large) ``index.faiss`` is read at all.
 
 from __future__ import annotations
 
-import datetime as _dt
-import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from avret.errors import IndexError_
+from avret.utils.versions import INDEX_LIBRARIES, library_versions, utc_timestamp
 
 #: Version of the on-disk layout (``manifest.json`` + ``metadata.json`` + ``index.faiss``).
 #: Bump it when the layout changes; :meth:`IndexManifest.from_dict` refuses other versions.
@@ -39,26 +38,6 @@ METRIC = "inner_product"
 _REQUIRED_VERSIONS = ("avret", "faiss", "numpy", "python")
 
 
-def current_versions() -> dict[str, str]:
-    """The software versions recorded in a new manifest (``versions`` field)."""
-    import faiss
-    import numpy
-
-    import avret
-
-    return {
-        "avret": str(avret.__version__),
-        "faiss": str(getattr(faiss, "__version__", "unknown")),
-        "numpy": str(numpy.__version__),
-        "python": platform.python_version(),
-    }
-
-
-def utc_now() -> str:
-    """Current UTC time as an ISO-8601 string (seconds precision), for ``created_at``."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 @dataclass
 class IndexManifest:
     """Everything needed to decide whether an index directory may be used, without reading it.
@@ -78,8 +57,8 @@ class IndexManifest:
     metric: str = METRIC
     model_path: str | None = None
     dataset: str | None = None
-    created_at: str = field(default_factory=utc_now)
-    versions: dict[str, str] = field(default_factory=current_versions)
+    created_at: str = field(default_factory=utc_timestamp)
+    versions: dict[str, str] = field(default_factory=lambda: library_versions(INDEX_LIBRARIES))
     #: Shards the index was built in (1: built in one piece); the result is always one FAISS index.
     shards: int = 1
     #: ``"index.ivfdata"`` when the inverted lists live on disk beside ``index.faiss``, else None.

@@ -503,7 +503,7 @@ class AVIndex:
             raise IndexError_(
                 f"index {path} is not a directory (an index is a directory with {MANIFEST_FILE})"
             )
-        manifest = read_manifest(path)
+        manifest = read_index_manifest(path)
         mpath = path / MANIFEST_FILE
 
         built_major = faiss_major(manifest.versions["faiss"])
@@ -661,7 +661,7 @@ class AVIndex:
 
 
 # ---------------------------------------------------------------------- directory helpers
-def read_manifest(path: str | os.PathLike[str]) -> IndexManifest:
+def read_index_manifest(path: str | os.PathLike[str]) -> IndexManifest:
     """Read and validate ``<path>/manifest.json`` (raises :class:`IndexError_`)."""
     mpath = Path(path) / MANIFEST_FILE
     if not mpath.is_file():
@@ -692,7 +692,7 @@ def index_path_for(root: str | os.PathLike[str], modality: str) -> Path:
     if (sub / MANIFEST_FILE).is_file():
         return sub
     if (root / MANIFEST_FILE).is_file():
-        found = read_manifest(root).modality
+        found = read_index_manifest(root).modality
         if found != modality:
             raise IndexError_(
                 f"index {root} holds {found!r} embeddings ({MANIFEST_FILE} field 'modality'), "
