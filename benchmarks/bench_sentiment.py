@@ -40,7 +40,7 @@ from avret.sentiment.data import (  # noqa: E402
 from avret.sentiment.metrics import METRIC_NAMES, json_safe, metrics_table, sentiment_metrics  # noqa: E402
 from avret.sentiment.probe import embed_texts, ridge_select  # noqa: E402
 from avret.sentiment.teacher_scores import teacher_scores_from_videoadviser  # noqa: E402
-from avret.sentiment.train import TrainConfig, train_student, write_student_run  # noqa: E402
+from avret.sentiment.train import SentimentTrainConfig, train_student, write_student_run  # noqa: E402
 
 try:
     from benchmarks._common import machine_info, write_results
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
 
     examples = load_label_csv(args.data)
-    cfg = TrainConfig(device=args.device)
+    cfg = SentimentTrainConfig(device=args.device)
     seeds = args.seeds
     teacher_kw: dict[str, Any] = {}
     name = "bench_sentiment"

@@ -74,7 +74,7 @@ def train(
     from avret.errors import AvretError
     from avret.sentiment.data import check_teacher_coverage, read_teacher_scores
     from avret.sentiment.metrics import metrics_table
-    from avret.sentiment.train import TrainConfig, train_student, write_student_run
+    from avret.sentiment.train import SentimentTrainConfig, train_student, write_student_run
     from avret.utils.atomic import RUN_MARKERS, check_output
     from avret.utils.device import resolve_device
 
@@ -90,7 +90,7 @@ def train(
         raise AvretError("--teacher-scores and --distill are exclusive (pass one teacher source)")
     if distill is not None and distill not in DISTILL_SOURCES:
         raise AvretError(f"--distill is {distill!r} (expected one of {', '.join(DISTILL_SOURCES)})")
-    cfg = TrainConfig(epochs=epochs, seed=seed, lr=lr, head_lr=head_lr, batch_size=batch_size,
+    cfg = SentimentTrainConfig(epochs=epochs, seed=seed, lr=lr, head_lr=head_lr, batch_size=batch_size,
                       max_len=max_len, pooling=pooling, head_init=head_init, head=head, alpha=alpha,
                       distill_loss=distill_loss, device=device, precision=precision)
     try:

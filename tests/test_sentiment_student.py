@@ -22,7 +22,7 @@ from avret.sentiment.distill import distillation_loss
 from avret.sentiment.probe import embed_texts, fit_ridge, ridge_select
 from avret.sentiment.student import SentimentStudent
 from avret.sentiment.tiny import make_tiny_roberta
-from avret.sentiment.train import TrainConfig, linear_schedule, param_groups, train_student
+from avret.sentiment.train import SentimentTrainConfig, linear_schedule, param_groups, train_student
 
 torch.set_num_threads(2)
 
@@ -146,7 +146,7 @@ def test_schedule_and_param_groups(encoder_dir: Path) -> None:
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(100) == 0.0
     assert f(55) == pytest.approx(0.5)
     m = SentimentStudent.from_encoder(encoder_dir)
-    cfg = TrainConfig(lr=1e-4, head_lr=1e-2, layer_decay=0.5)
+    cfg = SentimentTrainConfig(lr=1e-4, head_lr=1e-2, layer_decay=0.5)
     groups = param_groups(m, cfg)
     assert groups[-1]["lr"] == 1e-2
     lrs = sorted({g["lr"] for g in groups[:-1]})
@@ -157,7 +157,7 @@ def test_schedule_and_param_groups(encoder_dir: Path) -> None:
 
 def test_training_selects_on_dev_and_tests_once(encoder_dir: Path) -> None:
     ex = tiny_examples()
-    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-3, head_lr=1e-2, seed=0, threads=2, device="cpu")
+    cfg = SentimentTrainConfig(epochs=3, batch_size=8, lr=1e-3, head_lr=1e-2, seed=0, threads=2, device="cpu")
     steps: list[tuple[str, int, int]] = []
     res = train_student(ex, cfg, encoder=encoder_dir, progress=lambda *a: steps.append(a))
     dev_maes = [h["dev"]["mae"] for h in res.history]
@@ -177,11 +177,11 @@ def test_training_selects_on_dev_and_tests_once(encoder_dir: Path) -> None:
 
 def test_same_seed_same_weights(encoder_dir: Path) -> None:
     ex = tiny_examples()
-    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, head_lr=1e-2, seed=3, threads=2, device="cpu")
+    cfg = SentimentTrainConfig(epochs=2, batch_size=8, lr=1e-3, head_lr=1e-2, seed=3, threads=2, device="cpu")
     a = train_student(ex, cfg, encoder=encoder_dir, evaluate_test=False).model.state_dict()
     b = train_student(ex, cfg, encoder=encoder_dir, evaluate_test=False).model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    c = train_student(ex, TrainConfig(**{**asdict(cfg), "seed": 4}), encoder=encoder_dir,
+    c = train_student(ex, SentimentTrainConfig(**{**asdict(cfg), "seed": 4}), encoder=encoder_dir,
                       evaluate_test=False).model.state_dict()
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
@@ -189,17 +189,17 @@ def test_same_seed_same_weights(encoder_dir: Path) -> None:
 def test_bad_device_and_precision(encoder_dir: Path) -> None:
     ex = tiny_examples()
     with pytest.raises(AvretError, match="--device 'tpu'"):
-        train_student(ex, TrainConfig(epochs=1, device="tpu"), encoder=encoder_dir)
+        train_student(ex, SentimentTrainConfig(epochs=1, device="tpu"), encoder=encoder_dir)
     with pytest.raises(ValueError, match="precision"):
-        train_student(ex, TrainConfig(epochs=1, precision="fp8"), encoder=encoder_dir)
+        train_student(ex, SentimentTrainConfig(epochs=1, precision="fp8"), encoder=encoder_dir)
 
 
 def test_distillation_uses_teacher_and_checks_coverage(encoder_dir: Path) -> None:
     ex = tiny_examples()
-    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, head_lr=1e-2, alpha=0.5)
+    cfg = SentimentTrainConfig(epochs=1, batch_size=8, lr=1e-3, head_lr=1e-2, alpha=0.5)
     scores = {e.id: e.label * 0.5 for e in ex if e.split == "train"}
     res = train_student(ex, cfg, encoder=encoder_dir, teacher_scores=scores)
-    plain = train_student(ex, TrainConfig(epochs=1, batch_size=8, lr=1e-3, head_lr=1e-2, alpha=0.0),
+    plain = train_student(ex, SentimentTrainConfig(epochs=1, batch_size=8, lr=1e-3, head_lr=1e-2, alpha=0.0),
                           encoder=encoder_dir, teacher_scores=scores)
     assert res.history[0]["train_loss"] != pytest.approx(plain.history[0]["train_loss"])
     scores.pop("u0")

@@ -40,7 +40,7 @@ from avret.utils.seeding import seed_everything
 
 
 @dataclass
-class TrainConfig(OptimSettings):
+class SentimentTrainConfig(OptimSettings):
     """Fine-tuning hyper-parameters (defaults: tuned on MOSI dev with the MiniLM encoder).
 
     ``freeze_embeddings`` keeps the (large, 30k-row) token embedding table fixed: on MOSI's 1.3k
@@ -97,7 +97,7 @@ class TrainConfig(OptimSettings):
 
 
 @dataclass
-class TrainResult:
+class SentimentTrainResult:
     """What a training run produced: the selected model and its dev/test numbers.
 
     ``history`` has one record per epoch: ``epoch``, ``train_loss``, ``train_seconds`` (the
@@ -131,7 +131,7 @@ def _layer_index(name: str, n_layers: int) -> int:
     return n_layers + 1
 
 
-def param_groups(model: SentimentStudent, cfg: TrainConfig) -> list[dict[str, Any]]:
+def param_groups(model: SentimentStudent, cfg: SentimentTrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: encoder (layer-wise decayed lr, no decay on bias/LayerNorm) and head (head_lr)."""
     n_layers = int(getattr(model.encoder.config, "num_hidden_layers", 0) or 0)
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
@@ -216,12 +216,12 @@ def evaluate(model: SentimentStudent, examples: Sequence[SentimentExample], batc
 
 def train_student(
     examples: Sequence[SentimentExample],
-    cfg: TrainConfig,
+    cfg: SentimentTrainConfig,
     encoder: str | Path | None = None,
     teacher_scores: dict[str, float] | None = None,
     progress: ProgressFn | None = None,
     evaluate_test: bool = True,
-) -> TrainResult:
+) -> SentimentTrainResult:
     """Fine-tune a student on the train split; select the best dev-MAE epoch; test once at the end.
 
     Args:
@@ -289,13 +289,14 @@ def train_student(
             test_pred = {e.id: float(p) for e, p in zip(test, preds, strict=True)}
     finally:
         torch.set_num_threads(threads_before)
-    return TrainResult(model=model, best_epoch=result.best_epoch, dev_metrics=history[result.best_epoch - 1]["dev"],
+    return SentimentTrainResult(model=model, best_epoch=result.best_epoch,
+                                dev_metrics=history[result.best_epoch - 1]["dev"],
                        test_metrics=test_m, history=history, epoch_seconds=list(timer.seconds),
                        test_predictions=test_pred, device=result.device, precision=result.precision,
                        seconds=result.seconds)
 
 
-def _new_student(train: Sequence[SentimentExample], dev: Sequence[SentimentExample], cfg: TrainConfig,
+def _new_student(train: Sequence[SentimentExample], dev: Sequence[SentimentExample], cfg: SentimentTrainConfig,
                  encoder: str | Path | None, device: torch.device) -> SentimentStudent:
     """A student on the pretrained encoder, head at the train-label mean (or the ridge probe), on ``device``."""
     model = SentimentStudent.from_encoder(encoder, pooling=cfg.pooling, head=cfg.head, dropout=cfg.dropout,
@@ -351,7 +352,8 @@ def _epoch_record(record: Mapping[str, float], train_seconds: float) -> dict[str
     return out
 
 
-def run_metadata(result: TrainResult, cfg: TrainConfig, meta: Mapping[str, Any]) -> dict[str, Any]:
+def sentiment_run_metadata(result: SentimentTrainResult, cfg: SentimentTrainConfig,
+                           meta: Mapping[str, Any]) -> dict[str, Any]:
     """What ``run.json`` of a sentiment run records (besides :func:`avret.io.write_run`'s header).
 
     ``meta`` holds what the caller knows: ``data``, ``dataset``, ``encoder``, ``teacher`` (provenance
@@ -375,12 +377,12 @@ def run_metadata(result: TrainResult, cfg: TrainConfig, meta: Mapping[str, Any])
     })
 
 
-def write_student_run(out: str | Path, result: TrainResult, cfg: TrainConfig, meta: Mapping[str, Any],
+def write_student_run(out: str | Path, result: SentimentTrainResult, cfg: SentimentTrainConfig, meta: Mapping[str, Any],
                       teacher_scores: Mapping[str, float] | None = None) -> Path:
     """Write the run directory of a sentiment training (atomically, :func:`avret.io.write_run`)::
 
         RUN/model/               the selected student (avret's checkpoint format, tokenizer/ inside)
-        RUN/run.json             :func:`run_metadata` + write_run's header (versions, file hashes)
+        RUN/run.json             :func:`sentiment_run_metadata` + write_run's header (versions, file hashes)
         RUN/test_predictions.csv id,prediction of the single test evaluation
         RUN/teacher_scores.csv   id,score the student was advised with (when distilling)
     """
@@ -395,4 +397,4 @@ def write_student_run(out: str | Path, result: TrainResult, cfg: TrainConfig, me
         if teacher_scores is not None:
             write_teacher_scores(tmp / "teacher_scores.csv", dict(teacher_scores))
 
-    return write_run(out, result.model, run_metadata(result, cfg, meta), extra=extra)
+    return write_run(out, result.model, sentiment_run_metadata(result, cfg, meta), extra=extra)
