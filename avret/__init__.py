@@ -27,7 +27,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     # training and distillation
     "train": ("avret.api", "train"),
     "distill": ("avret.api", "distill"),
-    "TrainConfig": ("avret.train.towers", "TrainConfig"),
+    "TrainConfig": ("avret.train.tower_training", "TrainConfig"),
     "DistillConfig": ("avret.distill.pipeline", "DistillConfig"),
     # indexes and search
     "build_index": ("avret.api", "build_index"),
@@ -70,4 +70,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from avret.features.extract import ExtractConfig
     from avret.index.searcher import Searcher
     from avret.io import load_model
-    from avret.train.towers import TrainConfig
+    from avret.train.tower_training import TrainConfig

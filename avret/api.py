@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     from avret.eval.retrieval import CrossModalReport
     from avret.features.extract import ExtractConfig, ExtractReport
     from avret.index.searcher import Searcher
-    from avret.train.towers import TrainConfig
+    from avret.train.tower_training import TrainConfig
 
 
 
@@ -92,9 +92,9 @@ def build_index(
 
     ``dataset`` defaults to the one the model's run was trained on. ``options``: ``max_memory``,
     ``target_recall``, ``shards``, ``workers``, ``device`` (see
-    :func:`avret.index.pipeline.build_indexes`). Same as ``avret index build``. Returns the opened index.
+    :func:`avret.index.build.build_indexes`). Same as ``avret index build``. Returns the opened index.
     """
-    from avret.index.pipeline import build_indexes
+    from avret.index.build import build_indexes
     from avret.index.searcher import Searcher
     from avret.train.runs import recorded_dataset
 

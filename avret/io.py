@@ -59,7 +59,7 @@ MODEL_TYPES: dict[str, str] = {
     "videoadviser-teacher": "avret.distill.teacher:VideoAdviserTeacher",
     "multimodal-teacher": "avret.distill.multimodal_teacher:MultimodalTeacher",
     "sentiment-student": "avret.sentiment.student:SentimentStudent",
-    "sentiment-teacher": "avret.sentiment.teacher:SentimentTeacher",
+    "sentiment-teacher": "avret.sentiment.sentiment_teacher:SentimentTeacher",
 }
 
 # Formats of avret before the one checkpoint format, and how to re-create such a directory.

@@ -134,7 +134,7 @@ def train_and_eval(ds: Any, runs: Path, model_type: str, seed: int) -> dict[str,
     from avret.eval.evaluate import evaluate_model
     from avret.io import load_model, read_run
     from avret.train.runs import train_run
-    from avret.train.towers import TrainConfig
+    from avret.train.tower_training import TrainConfig
 
     out = runs / f"{model_type}-s{seed}"
     t0 = time.perf_counter()
@@ -161,7 +161,7 @@ def train_seeds(ds: Any, runs: Path, model_type: str, seeds: list[int]) -> list[
 def search_check(ds: Any, run: Path, index: Path, feats: Path, fsdd: Path) -> dict[str, Any]:
     """Index the test clips with ``run``; every test recording's FSDD wav as an audio-to-video media query."""
     from avret.features import embed_query_media
-    from avret.index.pipeline import build_indexes
+    from avret.index.build import build_indexes
     from avret.index.searcher import Searcher
     from avret.io import load_model
 

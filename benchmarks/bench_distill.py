@@ -35,7 +35,7 @@ from avret.distill.methods import NEEDS_TEACHER
 from avret.distill.pipeline import DistillConfig, run_distillation
 from avret.eval.evaluate import evaluate_model
 from avret.io import load_model
-from avret.train.towers import TrainConfig
+from avret.train.tower_training import TrainConfig
 from benchmarks._common import machine_info, median_time, print_table, write_results
 
 SETTINGS = {

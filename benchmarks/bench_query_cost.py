@@ -24,9 +24,9 @@ import torch
 
 from avret.data import SynthConfig, make_vegas_synth
 from avret.distill.pipeline import DistillConfig, run_distillation
-from avret.index.pipeline import build_indexes
+from avret.index.build import build_indexes
 from avret.io import load_model
-from avret.train.towers import TrainConfig
+from avret.train.tower_training import TrainConfig
 from benchmarks._common import machine_info, print_table, write_results
 
 DIRECTIONS = {"audio-to-video": ("audio", "visual"), "video-to-audio": ("visual", "audio")}

@@ -4,7 +4,7 @@ Run ``python -m benchmarks.bench_serve`` (about 3 minutes on 2 cores) or ``--qui
 
 1. Builds a SYNTHETIC 100k-clip index root: vegas-synth clips (a towers model trained for a few
    epochs on them) replicated with feature jitter to ``--clips`` clips per modality, embedded by
-   the model, exact ``Flat`` indexes (``avret/index/pipeline.py::build_indexes``).
+   the model, exact ``Flat`` indexes (``avret/index/build.py::build_indexes``).
 2. Starts ``avret serve`` on it in a subprocess on 127.0.0.1 (a separate process, as deployed).
 3. For each concurrency N in ``--clients``: N client threads, each with one keep-alive HTTP
    connection, send ``POST /search`` clip-id queries (random clips, k=10) in a closed loop for
@@ -50,10 +50,10 @@ def build_index(root: Path, n_clips: int, seed: int = 0) -> Path:
     """A towers model (3 epochs on 3,000 vegas-synth clips) and an index of ``n_clips`` jittered copies."""
     from avret.data import SynthConfig, make_vegas_synth
     from avret.data.dataset import AVDataset
-    from avret.index.pipeline import build_indexes
+    from avret.index.build import build_indexes
     from avret.io import load_model
     from avret.train.runs import train_run
-    from avret.train.towers import TrainConfig
+    from avret.train.tower_training import TrainConfig
 
     base = make_vegas_synth(SynthConfig(n_clips=3000, seed=seed))
     run = root / "run"

@@ -88,7 +88,7 @@ def run_protocol(dataset: Any, workdir: Path, rows: list[str], seeds: list[int],
     from avret.distill.pipeline import DistillConfig, run_distillation
     from avret.eval.evaluate import evaluate_model
     from avret.io import load_model
-    from avret.train.towers import TrainConfig
+    from avret.train.tower_training import TrainConfig
 
     grids = method_grids()
     unknown = [r for r in rows if r not in grids]

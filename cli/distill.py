@@ -62,7 +62,7 @@ def distill(
     """Distil a teacher into the audio/visual towers; the deployed towers are the same for every method."""
     from avret.distill.pipeline import DistillConfig, run_distillation
     from avret.io import read_run
-    from avret.train.towers import TrainConfig
+    from avret.train.tower_training import TrainConfig
     from avret.utils.atomic import RUN_MARKERS, check_output
 
     check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before the data set is built

@@ -53,7 +53,7 @@ def build(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Embed the chosen clips with the model's towers and index them (exact inner product by default)."""
-    from avret.index.pipeline import build_indexes, check_build_options
+    from avret.index.build import build_indexes, check_build_options
     from avret.io import load_model
     from avret.models.base import require_embedder
     from avret.utils.atomic import INDEX_MARKERS, check_output

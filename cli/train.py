@@ -44,7 +44,7 @@ def train(
     """Train a retrieval model on the train split (model selection on a val split carved from it)."""
     from avret.io import read_run
     from avret.train.runs import train_run
-    from avret.train.towers import TrainConfig
+    from avret.train.tower_training import TrainConfig
     from avret.utils.atomic import RUN_MARKERS, check_output
 
     check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before the data set is built

@@ -28,7 +28,7 @@ def tiny_synth():
 def tiny_run(tmp_path_factory, tiny_synth):
     """A towers run trained for a few epochs on the tiny synthetic set."""
     from avret.train.runs import train_run
-    from avret.train.towers import TrainConfig
+    from avret.train.tower_training import TrainConfig
 
     out = tmp_path_factory.mktemp("runs") / "towers"
     return train_run(tiny_synth, out, "towers", TrainConfig(epochs=4, batch_size=128, seed=0))

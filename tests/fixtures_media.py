@@ -39,10 +39,10 @@ def build_media_index(d: Path, n: int = 12) -> dict[str, Path]:
     from avret.data.folder import load_folder
     from avret.features.extract import ExtractConfig, extract_features
     from avret.features.synthetic_media import write_labelled_media
-    from avret.index.pipeline import build_indexes
+    from avret.index.build import build_indexes
     from avret.io import load_model
     from avret.train.runs import train_run
-    from avret.train.towers import TrainConfig
+    from avret.train.tower_training import TrainConfig
 
     models = make_tiny_extractors(d / "models")
     media, _ = write_labelled_media(d, n)

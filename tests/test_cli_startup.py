@@ -34,7 +34,7 @@ def test_help_imports_nothing_heavy(argv):
 
 
 def test_a_clip_id_search_never_imports_torch(tmp_path, tiny_run, tiny_synth):
-    from avret.index.pipeline import build_indexes
+    from avret.index.build import build_indexes
     from avret.io import load_model
 
     index = tmp_path / "index"

@@ -18,7 +18,7 @@ from avret.errors import AvretError
 from avret.io import load_model
 from avret.losses.kd import LogitKDLoss, kd_loss
 from avret.losses.relevance import PairwiseRelevanceLoss
-from avret.train.towers import Batch
+from avret.train.tower_training import Batch
 from avret_cli.main import app
 
 SYNTH = ["--synth-clips", "300", "--synth-seed", "3"]

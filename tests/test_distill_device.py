@@ -21,7 +21,7 @@ from avret.distill.context import MethodContext, TeacherOutputs
 from avret.distill.methods import METHODS, build_method
 from avret.distill.step1 import RelevanceHead
 from avret.models.towers import TowerConfig
-from avret.train.towers import Batch, TrainConfig, train_towers
+from avret.train.tower_training import Batch, TrainConfig, train_towers
 
 EMBED = 8
 VARIANTS = {  # name -> (method, options)

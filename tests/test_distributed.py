@@ -25,7 +25,7 @@ from avret.distill.step1 import RelevanceHead
 from avret.models.towers import TowerConfig
 from avret.train import distributed as dist
 from avret.train.loop import Callback
-from avret.train.towers import TrainConfig, train_towers
+from avret.train.tower_training import TrainConfig, train_towers
 from avret_cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from avret.errors import AvretError, ModelError
 from avret.io import MODEL_TYPES, load_model, read_run, verify_run
 from avret.train.loop import FitConfig, fit
 from avret.train.runs import train_run
-from avret.train.towers import TrainConfig, mean_map, validation_map
+from avret.train.tower_training import TrainConfig, mean_map, validation_map
 from avret_cli.main import app
 
 FAST = {"epochs": 4, "batch_size": 64, "patience": 3}
@@ -134,7 +134,7 @@ def test_step2_loss_lowers_the_relevance_error_it_targets():
     from avret.distill.context import MethodContext, TeacherOutputs
     from avret.distill.methods import build_method
     from avret.distill.step1 import RelevanceHead
-    from avret.train.towers import Batch
+    from avret.train.tower_training import Batch
 
     ds = make_vegas_synth(SynthConfig(n_clips=120, seed=0))
     g = torch.Generator().manual_seed(0)
@@ -242,7 +242,7 @@ def test_towers_and_cca_round_trip(tmp_path, small):
 def test_teachers_round_trip(tmp_path, small):
     from avret.distill.teacher import VideoAdviserTeacher, teacher_config_for_dataset
     from avret.models.clip import SYNTHETIC_CLIP
-    from avret.sentiment.teacher import SentimentTeacher
+    from avret.sentiment.sentiment_teacher import SentimentTeacher
 
     torch.manual_seed(0)
     teacher = VideoAdviserTeacher(teacher_config_for_dataset(small, SYNTHETIC_CLIP, None, n_ctx=2))
@@ -318,7 +318,7 @@ def test_validation_metric_is_handed_in():
         calls.append(len(a))
         return mean_map(a, v, labels, names)
 
-    from avret.train.towers import train_towers
+    from avret.train.tower_training import train_towers
 
     train_towers(ds, config=TrainConfig(epochs=2, batch_size=64, device="cpu"), val_metric=metric)
     assert len(calls) == 2

@@ -43,7 +43,7 @@ def test_run_records_selection_on_val_not_test(tiny_run):
 
 
 def test_training_is_deterministic(tiny_synth, tmp_path):
-    from avret.train.towers import TrainConfig
+    from avret.train.tower_training import TrainConfig
 
     runs = [train_run(tiny_synth, tmp_path / f"r{i}", "towers", TrainConfig(epochs=2, batch_size=128))
             for i in range(2)]

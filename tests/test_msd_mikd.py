@@ -29,10 +29,10 @@ from avret.errors import ModelError
 from avret.io import load_model
 from avret.losses.kd import kd_loss
 from avret.losses.mi import info_nce
-from avret.losses.msd import modality_weights, saliency_from_logits
+from avret.losses.msd_terms import modality_weights, saliency_from_logits
 from avret.models.towers import AVTowers, TowerConfig
 from avret.train.loop import FitResult
-from avret.train.towers import Batch
+from avret.train.tower_training import Batch
 from avret_cli.main import app
 
 SYNTH = ["--synth-clips", "300", "--synth-seed", "3"]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from avret.errors import QueryError, UnknownClipError
 from avret.features.synthetic_media import write_wav
-from avret.index.pipeline import build_indexes
+from avret.index.build import build_indexes
 from avret.index.searcher import Searcher
 from avret.io import load_model
 from avret.serve.app import create_app

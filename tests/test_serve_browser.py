@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from avret.features.synthetic_media import write_wav
-from avret.index.pipeline import build_indexes
+from avret.index.build import build_indexes
 from avret.io import load_model
 from tests.fixtures_media import build_media_index
 

@@ -18,7 +18,7 @@ from avret.distill.video_encoder import VideoEncoder
 from avret.errors import ModelError
 from avret.losses.relevance import relevance_loss, same_class_targets
 from avret.models.clip import RANDOM_INIT, load_clip, load_clip_tokenizer
-from avret.sentiment.teacher import (
+from avret.sentiment.sentiment_teacher import (
     SENTIMENT_CLASS_NAMES,
     SentimentRegressionHead,
     SentimentTeacher,

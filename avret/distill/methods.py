@@ -3,7 +3,7 @@
 Every method is a *builder*: it receives a :class:`~avret.distill.context.MethodContext` (the
 training data, the VideoAdviser teacher's outputs for the methods in :data:`NEEDS_TEACHER`, the
 towers' embedding width, the options and the device) and returns an
-:class:`~avret.train.towers.AuxiliaryLoss` (or ``None``) that the tower trainer adds to the
+:class:`~avret.train.tower_training.AuxiliaryLoss` (or ``None``) that the tower trainer adds to the
 towers' retrieval objective. The list is explicit (:data:`METHODS`); a new method is one builder
 and one line of that table. The loss terms themselves live in :mod:`avret.losses`.
 """
@@ -21,7 +21,7 @@ from avret.distill.step1 import bhattacharyya_relevance
 from avret.errors import AvretError
 from avret.losses.kd import LogitKDLoss
 from avret.losses.relevance import PairwiseRelevanceLoss, PerClipRegressionLoss
-from avret.train.towers import AuxiliaryLoss
+from avret.train.tower_training import AuxiliaryLoss
 
 # Default weight of the step-2 term, chosen on vegas-synth *validation* mAP (docs/videoadviser.md).
 VIDEOADVISER_WEIGHT = 20.0

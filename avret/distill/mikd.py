@@ -62,7 +62,7 @@ from avret.distill.defaults import MIKD_DEFAULTS
 from avret.distill.multimodal_teacher import FUSIONS, STUDENT_MODALITIES, build_teacher, dataset_inputs
 from avret.errors import AvretError
 from avret.losses.mi import InfoNCECritic, discriminator_loss, generator_loss
-from avret.train.towers import Batch
+from avret.train.tower_training import Batch
 
 
 def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:

@@ -32,7 +32,7 @@ modality is. Here:
   - ``instance``: ``s_im / Σ_m s_im`` per clip (uniform where both saliencies are ~0);
   - ``learned``: ``w = softmax(α)``, α meta-learned online on the validation split by a
     one-step look-ahead (learning-to-reweight, Ren et al. 2018) on a *proxy student*: the
-    tower trainer's :class:`~avret.train.towers.AuxiliaryLoss` only sees embeddings, so the
+    tower trainer's :class:`~avret.train.tower_training.AuxiliaryLoss` only sees embeddings, so the
     towers themselves cannot take a virtual step or embed validation clips. The proxy is a pair
     of linear heads on the standardised raw audio/visual features, trained alongside the towers
     with the same MSD loss (full-student KD + weighted per-modality KD). Each training step:
@@ -45,7 +45,7 @@ modality is. Here:
 
 The teacher, the heads and the proxy are training-only: the deployed towers are unchanged, so
 inference cost is the same as ``--method none``. The loss terms (KD, saliency, weights) live in
-:mod:`avret.losses.msd`; this module holds the method: the teacher, the meta-learner and the
+:mod:`avret.losses.msd_terms`; this module holds the method: the teacher, the meta-learner and the
 builder. Settings come from ``MethodContext.options``
 (defaults in :data:`MSD_DEFAULTS`); the teacher's validation accuracy and the weights in use are
 logged in the training history (``msd_teacher_val_acc``, ``msd_w_audio``, ``msd_w_visual``).
@@ -71,8 +71,8 @@ from avret.distill.multimodal_teacher import (
     train_multimodal_teacher,
 )
 from avret.errors import AvretError
-from avret.losses.msd import WEIGHTINGS, modality_weights, msd_kd_terms, saliency_from_logits
-from avret.train.towers import Batch
+from avret.losses.msd_terms import WEIGHTINGS, modality_weights, msd_kd_terms, saliency_from_logits
+from avret.train.tower_training import Batch
 
 
 def teacher_views(teacher: MultimodalTeacher, inputs: dict[str, torch.Tensor],
@@ -92,7 +92,7 @@ def teacher_views(teacher: MultimodalTeacher, inputs: dict[str, torch.Tensor],
 
 def modality_saliency(teacher: MultimodalTeacher, inputs: dict[str, torch.Tensor],
                       modalities: tuple[str, ...] = STUDENT_MODALITIES) -> torch.Tensor:
-    """Saliency ``(N, M)`` of each modality for each clip (see :func:`avret.losses.msd.saliency_from_logits`)."""
+    """Saliency ``(N, M)`` of each modality for each clip (see :func:`avret.losses.msd_terms.saliency_from_logits`)."""
     views = teacher_views(teacher, inputs, modalities)
     return saliency_from_logits(views["full"], views["without"])
 

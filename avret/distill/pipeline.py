@@ -19,7 +19,7 @@ same seed, the same data); only rank 0 writes (after a barrier, so that no rank 
 it replaces). When the towers start, every parameter and buffer of the towers and of the auxiliary
 loss (the teacher's targets, its relevance head, MI-KD's teacher) is broadcast from rank 0, so all
 ranks distil from rank 0's teacher bit for bit; the towers are then trained data-parallel with the
-global batch (:mod:`avret.train.towers`). ``out`` must be on a file system every rank sees.
+global batch (:mod:`avret.train.tower_training`). ``out`` must be on a file system every rank sees.
 ``run.json`` records ``world_size``; a resume needs the same ``world_size`` (the global batch is part
 of the settings).
 """
@@ -45,7 +45,7 @@ from avret.models.towers import TowerConfig
 from avret.train import distributed as dist
 from avret.train.loop import STATE_FILE
 from avret.train.runs import run_metadata, towers_metadata
-from avret.train.towers import TrainConfig, train_towers
+from avret.train.tower_training import TrainConfig, train_towers
 from avret.utils.atomic import RUN_MARKERS, check_output, holds_output, write_json
 from avret.utils.device import resolve_device
 from avret.utils.seeding import seed_everything

@@ -19,7 +19,7 @@ Retrieval (:class:`RelevanceHead`)
     symmetric, smooth in both posteriors, no saturation of a sigmoid to tune.
 
 Sentiment: the same step for MOSI/MOSEI (class posteriors over ordered sentiment levels ->
-a regression score) lives with the sentiment head, :mod:`avret.sentiment.teacher`.
+a regression score) lives with the sentiment head, :mod:`avret.sentiment.sentiment_teacher`.
 """
 
 from __future__ import annotations

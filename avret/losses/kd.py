@@ -2,7 +2,7 @@
 
 * :func:`kd_loss` — ``T² · KL(softmax(teacher/T) || softmax(student/T))``, per clip or averaged
   over the batch. Every KD term of avret is this function: the ``kd`` baseline
-  (:class:`LogitKDLoss`) and MSD's full-student and per-modality terms (:mod:`avret.losses.msd`).
+  (:class:`LogitKDLoss`) and MSD's full-student and per-modality terms (:mod:`avret.losses.msd_terms`).
 * :class:`LogitKDLoss` — the ``kd`` method's auxiliary loss: a linear classifier head on each tower
   (training-only) distilled from the teacher's class logits of the training clips.
 """
@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 if TYPE_CHECKING:  # annotations only: losses never import the trainer
-    from avret.train.towers import Batch
+    from avret.train.tower_training import Batch
 
 REDUCTIONS = ("none", "batchmean")
 

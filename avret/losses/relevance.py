@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from avret.errors import DataError
 
 if TYPE_CHECKING:  # annotations only: losses never import the trainer
-    from avret.train.towers import Batch
+    from avret.train.tower_training import Batch
 
 RELEVANCE_LOSSES = ("bce", "mse")
 

@@ -1,6 +1,6 @@
 """Teacher scores for step-2 distillation from the in-repo VideoAdviser sentiment teacher.
 
-The teacher (:class:`avret.sentiment.teacher.SentimentTeacher`) classifies each utterance into 7
+The teacher (:class:`avret.sentiment.sentiment_teacher.SentimentTeacher`) classifies each utterance into 7
 sentiment levels with CLIP video-enhanced prompts ("a {very negative|...|very positive} video."),
 turns the posterior into an expected level and maps it with a learned affine function to a
 regression logit (step 1). Its input is frame embeddings where videos exist; MOSI here has
@@ -89,7 +89,7 @@ def teacher_scores_from_videoadviser(
     """
     import torch
 
-    from avret.sentiment.teacher import SentimentTeacher, text_as_frames, train_sentiment_teacher
+    from avret.sentiment.sentiment_teacher import SentimentTeacher, text_as_frames, train_sentiment_teacher
 
     if k_folds < 2:
         raise DataError(f"k_folds is {k_folds} (expected >= 2 for out-of-fold teacher scores)")
@@ -147,7 +147,7 @@ def teacher_scores_from_videoadviser(
     if log is not None:
         log(f"teacher (full train): best epoch {hist.get('best_epoch')}")
     info: dict[str, Any] = {
-        "teacher": "videoadviser-sentiment (avret.sentiment.teacher.SentimentTeacher)",
+        "teacher": "videoadviser-sentiment (avret.sentiment.sentiment_teacher.SentimentTeacher)",
         "teacher_input": "text",
         "teacher_input_detail": input_desc,
         "embedding_dim": int(embeddings.shape[1]),

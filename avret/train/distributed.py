@@ -1,7 +1,7 @@
 """Data-parallel training over several processes (``torchrun``), with global negatives.
 
 ``torchrun --nproc-per-node N .venv/bin/avret train ...`` (or ``avret distill``, or any script that
-calls :func:`avret.train.towers.train_towers`) trains the towers with N processes; multi-node is the
+calls :func:`avret.train.tower_training.train_towers`) trains the towers with N processes; multi-node is the
 same with ``torchrun --nnodes``. This module is the one place that touches :mod:`torch.distributed`.
 In a single process (no ``WORLD_SIZE`` > 1 in the environment and no process group) every function
 here is a no-op or returns the single-process answer, and nothing of ``torch.distributed`` is used.

@@ -19,7 +19,7 @@ from avret.models.cca import CCAModel
 from avret.models.towers import TowerConfig
 from avret.train import distributed as dist
 from avret.train.loop import Progress
-from avret.train.towers import TrainConfig, TrainResult, ValMetric, mean_map, train_towers
+from avret.train.tower_training import TrainConfig, TrainResult, ValMetric, mean_map, train_towers
 from avret.utils.atomic import RUN_MARKERS, check_output
 
 CCA_COMPONENTS = (8, 16, 32, 64, 128)

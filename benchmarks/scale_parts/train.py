@@ -1,7 +1,7 @@
 """The towers' training step time: 1 process vs 2 Gloo processes sharing one global batch (CPU).
 
 Every configuration trains the same towers (default :class:`~avret.models.towers.TowerConfig`) with
-:func:`avret.train.towers.train_towers` on SYNTHETIC features (vegas-synth) and the same global
+:func:`avret.train.tower_training.train_towers` on SYNTHETIC features (vegas-synth) and the same global
 batch of ``GLOBAL_BATCH`` clips: one process with batch ``GLOBAL_BATCH``, or two processes
 (:func:`avret.train.distributed.spawn_local`, Gloo) with ``GLOBAL_BATCH / 2`` each, whose embeddings
 are all-gathered with gradients and whose gradients are averaged every step. A callback stamps the
@@ -38,7 +38,7 @@ def _measure(rank: int, settings: dict[str, Any], batch_size: int, out: str | No
 
     from avret.data import SynthConfig, make_vegas_synth
     from avret.train.loop import Callback
-    from avret.train.towers import TrainConfig, train_towers
+    from avret.train.tower_training import TrainConfig, train_towers
 
     class Stamps(Callback):
         def __init__(self) -> None:
