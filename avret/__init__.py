@@ -1,10 +1,11 @@
 """avret: audio-visual retrieval with multimodal knowledge distillation.
 
 The front door for notebooks and scripts. Every name below is imported on first use, so
-``import avret`` costs no torch or faiss import::
+``import avret`` costs no torch or faiss import (the functions are ``train_model`` and
+``distill_model``, not ``train``/``distill``: those names are avret's subpackages)::
 
     import avret
-    run = avret.train("vegas-synth", "runs/towers")
+    run = avret.train_model("vegas-synth", "runs/towers")
     index = avret.build_index(run, "runs/index")
     index.search_clip_ids("audio-to-video", ["synth_000042"], k=5)
     avret.evaluate(run).mean_map
@@ -25,8 +26,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "AVDataset": ("avret.data.dataset", "AVDataset"),
     "SynthConfig": ("avret.data.synth", "SynthConfig"),
     # training and distillation
-    "train": ("avret.api", "train"),
-    "distill": ("avret.api", "distill"),
+    "train_model": ("avret.api", "train_model"),
+    "distill_model": ("avret.api", "distill_model"),
     "TrainConfig": ("avret.train.tower_training", "TrainConfig"),
     "DistillConfig": ("avret.distill.pipeline", "DistillConfig"),
     # indexes and search
@@ -61,7 +62,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from avret.api import build_index, distill, embed_media, evaluate, extract_features, open_index, train
+    from avret.api import (
+        build_index,
+        distill_model,
+        embed_media,
+        evaluate,
+        extract_features,
+        open_index,
+        train_model,
+    )
     from avret.data.dataset import AVDataset
     from avret.data.registry import load_dataset
     from avret.data.synth import SynthConfig

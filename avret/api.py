@@ -36,7 +36,7 @@ def _model(model: Any) -> Any:
     return load_model(model) if isinstance(model, (str, Path)) else model
 
 
-def train(
+def train_model(
     dataset: AVDataset | str | Path,
     out: str | Path,
     *,
@@ -55,7 +55,7 @@ def train(
     return train_run(_dataset(dataset), out, model_type, config, overwrite=overwrite)
 
 
-def distill(
+def distill_model(
     dataset: AVDataset | str | Path,
     out: str | Path,
     *,

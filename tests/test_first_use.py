@@ -117,10 +117,12 @@ def test_progress_lines_in_a_log(monkeypatch):
 
 
 def test_import_avret_is_light():
-    code = "import avret, sys; avret.Searcher; assert 'torch' not in sys.modules; print(sorted(avret.__all__))"
+    code = ("import avret, sys; avret.Searcher; assert 'torch' not in sys.modules; print(sorted(avret.__all__)); "
+            "import avret.train.tower_training, avret.distill.pipeline; assert callable(avret.train_model) and "
+            "callable(avret.distill_model)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    for name in ("train", "distill", "build_index", "open_index", "evaluate", "extract_features", "load_model",
+    for name in ("train_model", "distill_model", "build_index", "open_index", "evaluate", "extract_features", "load_model",
                  "load_dataset", "Searcher", "embed_media"):
         assert name in res.stdout
 

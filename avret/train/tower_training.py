@@ -34,7 +34,7 @@ from torch import nn
 
 from avret.data.dataset import AVDataset
 from avret.errors import DataError
-from avret.losses.retrieval import RetrievalObjective
+from avret.losses.contrastive import RetrievalObjective
 from avret.models.towers import AVTowers, TowerConfig
 from avret.train import distributed as dist
 from avret.train.loop import Callback, FitConfig, OptimSettings, Progress, fit
