@@ -224,7 +224,8 @@ def test_a_file_of_no_accepted_form_names_the_forms(tmp_path):
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
     (bert / "model.safetensors").write_bytes(b"")
     for bad, message in (("notes.pt", "is unreadable"), ("empty", "folder without config.json"),
-                         ("bert", "model_type 'bert' is not a Hugging Face CLIPModel"), ("absent.pt", "does not exist")):
+                         ("bert", "model_type 'bert' is not a Hugging Face CLIPModel"),
+                         ("absent.pt", "does not exist")):
         with pytest.raises(ModelError, match=message) as exc:
             load_clip(name, tmp_path / bad)
         _forms_named(str(exc.value))
