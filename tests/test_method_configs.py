@@ -118,6 +118,12 @@ def test_the_cli_builds_the_typed_config(monkeypatch, tmp_path, args, want):
     assert cfg.method_config == want and cfg.method == args[1]
 
 
+def test_documented_defaults():
+    # docs/videoadviser.md: the step-2 weight chosen on vegas-synth validation mAP; the others 1
+    assert VideoAdviserConfig.weight == 20.0
+    assert KDConfig.weight == MSDConfig.weight == MIKDConfig.weight == 1.0
+
+
 def test_a_cli_flag_default_is_the_config_default():
     from typer.main import get_command
 
