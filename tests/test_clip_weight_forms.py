@@ -248,3 +248,29 @@ def test_the_cli_refuses_a_wrong_weights_file_with_exit_2(tmp_path):
     line = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
     assert len(line) == 1 and "folder without config.json" in line[0]
     _forms_named(line[0])
+
+
+def test_features_extract_takes_a_hugging_face_folder(tmp_path):
+    from avret.data.folder import load_folder
+    from avret.features.synthetic_media import write_media
+    from cli.main import app
+
+    hf, folder = _hf_folder(tmp_path)
+    name = _arch(tmp_path, "avret-test-hf-tiny", HF_TINY)
+    media = tmp_path / "media"
+    media.mkdir()
+    write_media(media / "a.mp4", seconds=1.0, freq=440.0)
+    res = CliRunner().invoke(app, ["features", "extract", "--media", str(media), "--out", str(tmp_path / "out"),
+                                   "--audio-encoder", "logmel", "--clip-model", str(tmp_path / f"{name}.json"),
+                                   "--clip-weights", str(folder), "--fps", "1", "--max-frames", "1",
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    ds = load_folder(tmp_path / "out")
+    assert ds.visual.shape == (1, 24)
+    recorded = json.loads((tmp_path / "out" / "extract_config.json").read_text())
+    from avret.features.encoders import file_fingerprint
+
+    # the folder is fingerprinted (its files' names and bytes), and a changed file changes it
+    assert recorded["visual"]["weights_sha256"] == file_fingerprint(folder)
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    assert file_fingerprint(folder) != recorded["visual"]["weights_sha256"]
