@@ -199,6 +199,12 @@ def test_hf_folder_that_disagrees_with_the_architecture_is_one_line(tmp_path):
     heads = _arch(tmp_path, "avret-test-hf-heads", {**HF_TINY, "text_cfg": {**HF_TINY["text_cfg"], "heads": 4}})
     with pytest.raises(ModelError, match="text_config.num_attention_heads is 2, the architecture .* has 4"):
         load_clip(heads, folder)
+    # a config that leaves a setting out has transformers' default (text heads 8)
+    partial = json.loads((folder / "config.json").read_text())
+    del partial["text_config"]["num_attention_heads"]
+    (folder / "config.json").write_text(json.dumps(partial))
+    with pytest.raises(ModelError, match="text_config.num_attention_heads is 8, the architecture .* has 2"):
+        load_clip(name, folder)
     gelu = json.loads((folder / "config.json").read_text())
     gelu["text_config"]["hidden_act"] = "relu"
     (folder / "config.json").write_text(json.dumps(gelu))

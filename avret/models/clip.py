@@ -94,6 +94,11 @@ _FORMS_LINE = "expected " + "; ".join(WEIGHT_FORMS[:-1]) + "; or " + WEIGHT_FORM
 # entries of OpenAI's archive that are not weights (open_clip drops them too)
 _OPENAI_NON_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# transformers' CLIPTextConfig / CLIPVisionConfig defaults of the settings avret checks
+_HF_DEFAULTS = {
+    "text_config": {"num_attention_heads": 8, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+    "vision_config": {"num_attention_heads": 12, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+}
 
 _REQUIRED_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 _SCHEMAS = ("hf-hub:", "local-dir:")
@@ -331,16 +336,17 @@ def _read_hf_config(folder: Path) -> dict[str, Any]:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ModelError(f"--clip-weights {path} is not valid JSON ({type(exc).__name__}); {_FORMS_LINE}") from None
-    if not (isinstance(cfg, dict) and cfg.get("model_type") == "clip" and isinstance(cfg.get("text_config"), dict)
-            and isinstance(cfg.get("vision_config"), dict)):
+    if not (isinstance(cfg, dict) and cfg.get("model_type") == "clip"):
         kind = cfg.get("model_type") if isinstance(cfg, dict) else None
         raise ModelError(f"--clip-weights {path}: model_type '{kind}' is not a Hugging Face CLIPModel "
-                         f"(model_type 'clip' with text_config and vision_config); {_FORMS_LINE}")
-    return cfg
+                         f"(model_type 'clip'); {_FORMS_LINE}")
+    # older configs keep the towers' settings in *_config_dict; a setting left out has the HF default
+    return {**cfg, **{part: {**_HF_DEFAULTS[part], **(cfg.get(part) or cfg.get(f"{part}_dict") or {})}
+                      for part in _HF_DEFAULTS}}
 
 
 def _hf_quick_gelu(cfg: dict[str, Any], path: Path) -> bool:
-    acts = {cfg[part].get("hidden_act", "quick_gelu") for part in ("text_config", "vision_config")}
+    acts = {cfg[part]["hidden_act"] for part in _HF_DEFAULTS}
     if acts == {"quick_gelu"}:
         return True
     if acts == {"gelu"}:
@@ -361,7 +367,7 @@ def _check_hf_architecture(model: nn.Module, cfg: dict[str, Any], folder: Path, 
         if want != heads:
             raise ModelError(f"--clip-weights {folder / 'config.json'}: {part}.num_attention_heads is {want}, "
                              f"the architecture '{arch}' has {heads}; is --clip-model right?")
-        eps = float(cfg[part].get("layer_norm_eps", 1e-5))
+        eps = float(cfg[part]["layer_norm_eps"])
         if not math.isclose(eps, float(blocks[0].ln_1.eps)):
             raise ModelError(f"--clip-weights {folder / 'config.json'}: {part}.layer_norm_eps is {eps}, "
                              f"the architecture '{arch}' has {blocks[0].ln_1.eps}")
