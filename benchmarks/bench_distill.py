@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from avret.data import SynthConfig, make_vegas_synth
-from avret.distill.methods import NEEDS_TEACHER
+from avret.distill.configs import configure
+from avret.distill.methods import METHODS, NEEDS_TEACHER
 from avret.distill.pipeline import DistillConfig, run_distillation
 from avret.eval.evaluate import evaluate_model
 from avret.io import load_model
@@ -101,11 +102,11 @@ def main() -> None:
 
                         shutil.copytree(teacher_dir / "teacher", out / "teacher")
                         shutil.copy2(teacher_dir / "step1.json", out / "step1.json")
+                    step2 = {"relevance_loss": args.relevance_loss, "student_target": args.student_target}
+                    config = configure(METHODS[method].config, weight=args.weight,
+                                       **(step2 if method == "videoadviser" else {}))
                     cfg = DistillConfig(method=method, prompt_conditioning=args.prompts,
-                                        teacher_epochs=5 if args.quick else 20, relevance_loss=args.relevance_loss,
-                                        student_target=args.student_target)
-                    if args.weight is not None:
-                        cfg.weight = args.weight
+                                        teacher_epochs=5 if args.quick else 20, method_config=config)
                     start = time.perf_counter()
                     run = run_distillation(ds, out, cfg, TrainConfig(seed=seed, epochs=epochs))
                     wall = time.perf_counter() - start

@@ -39,38 +39,30 @@ from typing import Any
 GRID_SIZE = 4
 K = 10
 
-# method row -> (distill method, fixed options, grid of (label, DistillConfig overrides, TrainConfig overrides))
+# method row -> (distill method, fixed method-config fields, grid of (label, method-config overrides,
+# TrainConfig overrides)); the fields are those of the method's typed config (avret.distill.configs)
 Grid = list[tuple[str, dict[str, Any], dict[str, Any]]]
 
 
-def _weight_knob(weights: tuple[float, float], knob: str, values: tuple[Any, Any], where: str = "cfg") -> Grid:
-    grid: Grid = []
-    for w in weights:
-        for v in values:
-            cfg = {"weight": w}
-            if where == "cfg":
-                cfg[knob] = v
-            else:
-                cfg.setdefault("options", {})[knob] = v
-            grid.append((f"weight={w:g}, {knob}={v}", cfg, {}))
-    return grid
+def _weight_knob(weights: tuple[float, float], knob: str, values: tuple[Any, Any]) -> Grid:
+    return [(f"weight={w:g}, {knob}={v}", {"weight": w, knob: v}, {}) for w in weights for v in values]
 
 
 def method_grids() -> dict[str, tuple[str, dict[str, Any], Grid]]:
     """Row name -> (``--method``, fixed options, the 4 configurations)."""
-    from avret.distill.methods import VIDEOADVISER_WEIGHT
+    from avret.distill.configs import VideoAdviserConfig
 
     lr_grid: Grid = [(f"lr={lr:g}", {}, {"lr": lr}) for lr in (5e-4, 1e-3, 2e-3, 4e-3)]
-    va = VIDEOADVISER_WEIGHT
+    va = VideoAdviserConfig.weight
     rows: dict[str, tuple[str, dict[str, Any], Grid]] = {
         "none": ("none", {}, lr_grid),
-        "kd": ("kd", {}, _weight_knob((0.5, 2.0), "kd_temperature", (4.0, 2.0))),
+        "kd": ("kd", {}, _weight_knob((0.5, 2.0), "temperature", (4.0, 2.0))),
         "videoadviser": ("videoadviser", {}, _weight_knob((va / 2, va * 2), "relevance_loss", ("bce", "mse"))),
     }
     for weighting in ("uniform", "population", "instance", "learned"):
-        rows[f"msd-{weighting}"] = ("msd", {"msd_weighting": weighting},
-                                    _weight_knob((0.5, 2.0), "kd_temperature", (4.0, 2.0)))
-    rows["mi-kd"] = ("mi-kd", {}, _weight_knob((0.5, 2.0), "mi_temperature", (0.1, 0.2), where="options"))
+        rows[f"msd-{weighting}"] = ("msd", {"weighting": weighting},
+                                    _weight_knob((0.5, 2.0), "temperature", (4.0, 2.0)))
+    rows["mi-kd"] = ("mi-kd", {}, _weight_knob((0.5, 2.0), "temperature", (0.1, 0.2)))
     for name, (_, _, grid) in rows.items():
         assert len(grid) == GRID_SIZE, name
     return rows
@@ -84,7 +76,7 @@ def run_protocol(dataset: Any, workdir: Path, rows: list[str], seeds: list[int],
                  teacher_epochs: int = 20, distill_defaults: dict[str, Any] | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every configuration of every row for every seed, choose on val, test the chosen once."""
-    from avret.distill.methods import NEEDS_TEACHER
+    from avret.distill.methods import METHODS, NEEDS_TEACHER
     from avret.distill.pipeline import DistillConfig, run_distillation
     from avret.eval.evaluate import evaluate_model
     from avret.io import load_model
@@ -104,9 +96,8 @@ def run_protocol(dataset: Any, workdir: Path, rows: list[str], seeds: list[int],
             trials = []
             for i, (label, cfg_over, train_over) in enumerate(grid):
                 out = workdir / f"s{seed}" / row / f"c{i}"
-                options = {**fixed, **cfg_over.get("options", {})}
                 cfg = DistillConfig(method=method, teacher_epochs=teacher_epochs, **(distill_defaults or {}),
-                                    **{k: v for k, v in cfg_over.items() if k != "options"}, options=options)
+                                    method_config=METHODS[method].config(**fixed, **cfg_over))
                 tcfg = replace(train_base, seed=seed, **train_over)
                 if method in NEEDS_TEACHER and teacher_src is not None and not (out / "teacher").exists():
                     out.mkdir(parents=True, exist_ok=True)  # share this seed's teacher (same data, seed, settings)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from avret.distill.defaults import MIKD_DEFAULTS, MSD_DEFAULTS
+from avret.distill.configs import MIKDConfig, MSDConfig, VideoAdviserConfig
 
 from .common import require_int, user_errors
 from .options import (
@@ -39,11 +39,13 @@ def distill(
     pooling: str = typer.Option("mean", "--pooling", help="mean | transformer"),
     teacher_audio: bool = typer.Option(False, "--teacher-audio", help="Condition prompts on audio too"),
     teacher_epochs: int = typer.Option(20, "--teacher-epochs"),
-    student_target: str = typer.Option("pairwise", "--student-target", help="pairwise | per-clip"),
-    relevance_loss: str = typer.Option("bce", "--relevance-loss",
+    student_target: str = typer.Option(VideoAdviserConfig.student_target, "--student-target",
+                                       help="pairwise | per-clip"),
+    relevance_loss: str = typer.Option(VideoAdviserConfig.relevance_loss, "--relevance-loss",
                                        help="videoadviser pairwise step 2: bce | mse against the teacher's r_ij"),
     weight: float | None = typer.Option(None, "--weight", help="Weight of the distillation term "
-                                        "(default: videoadviser 20, others 1)"),
+                                        f"(default: videoadviser {VideoAdviserConfig.weight:g}, "
+                                        "others the method's config)"),
     seed: int = typer.Option(0, "--seed"),
     epochs: int | None = typer.Option(None, "--epochs", help="Student (tower) epochs at most "
                                       "(default: 80, the towers' TrainConfig)"),
@@ -52,14 +54,16 @@ def distill(
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
-    msd_weighting: str = typer.Option(MSD_DEFAULTS["msd_weighting"], "--msd-weighting",
+    msd_weighting: str = typer.Option(MSDConfig.weighting, "--msd-weighting",
                                       help="msd: uniform | population | instance | learned"),
-    msd_fusion: str = typer.Option(MSD_DEFAULTS["msd_fusion"], "--msd-fusion", help="msd teacher fusion: sum | concat"),
-    msd_teacher_epochs: int = typer.Option(MSD_DEFAULTS["msd_teacher_epochs"], "--msd-teacher-epochs"),
-    mi_weights: str = typer.Option(",".join(str(x) for x in MIKD_DEFAULTS["mi_weights"]), "--mi-weights",
+    msd_fusion: str = typer.Option(MSDConfig.fusion, "--msd-fusion", help="msd teacher fusion: sum | concat"),
+    msd_teacher_epochs: int = typer.Option(MSDConfig.teacher_epochs, "--msd-teacher-epochs"),
+    mi_weights: str = typer.Option(",".join(str(x) for x in MIKDConfig.lambdas), "--mi-weights",
                                    help="mi-kd: l1,l2,l3 (InfoNCE teacher-student, InfoNCE teacher-aux, adversarial)"),
 ) -> None:
     """Distil a teacher into the audio/visual towers; the deployed towers are the same for every method."""
+    from avret.distill.configs import configure, parse_lambdas
+    from avret.distill.methods import method_entry
     from avret.distill.pipeline import DistillConfig, run_distillation
     from avret.io import read_run
     from avret.train.tower_training import TrainConfig
@@ -71,14 +75,21 @@ def distill(
     for value, option in ((epochs, "--epochs"), (teacher_epochs, "--teacher-epochs"),
                           (msd_teacher_epochs, "--msd-teacher-epochs"), (batch_size, "--batch-size")):
         require_int(value, option)
+    # the chosen method's typed settings from its own flags; --weight omitted keeps the method's default
+    flags: dict = {"weight": weight}
+    if method == "videoadviser":
+        flags.update(student_target=student_target, relevance_loss=relevance_loss)
+    elif method == "msd":
+        flags.update(weighting=msd_weighting, fusion=msd_fusion, teacher_epochs=msd_teacher_epochs)
+    elif method == "mi-kd":
+        flags.update(lambdas=parse_lambdas(mi_weights))
+    method_config = configure(method_entry(method).config, **flags)
     say, bar, main = rank0_output()
     ds = with_frames(open_dataset(dataset, data, synth_clips, synth_seed), frames)
     say(ds.describe())
     cfg = DistillConfig(method=method, clip_model=clip_model, clip_weights=clip_weights,
                         prompt_conditioning=prompts, pooling=pooling, teacher_use_audio=teacher_audio,
-                        teacher_epochs=teacher_epochs, student_target=student_target,
-                        relevance_loss=relevance_loss, weight=weight,
-                        options=_method_options(method, msd_weighting, msd_fusion, msd_teacher_epochs, mi_weights))
+                        teacher_epochs=teacher_epochs, method_config=method_config)
     before = _mtime(out / "run.json")
     with bar(f"distill ({method}) towers", total=epochs) as update:
         tcfg = TrainConfig(seed=seed, epochs=epochs, batch_size=batch_size, device=device, precision=precision)
@@ -99,16 +110,3 @@ def _mtime(path: Path) -> int | None:
         return path.stat().st_mtime_ns
     except OSError:
         return None
-
-
-def _method_options(method: str, msd_weighting: str, msd_fusion: str, msd_teacher_epochs: int,
-                    mi_weights: str) -> dict:
-    """The method-specific settings (recorded in run.json), complete with defaults for the chosen method."""
-    if method == "msd":
-        return {**MSD_DEFAULTS, "msd_weighting": msd_weighting, "msd_fusion": msd_fusion,
-                "msd_teacher_epochs": msd_teacher_epochs}
-    if method == "mi-kd":
-        from avret.distill.mikd import parse_weights
-
-        return {**MIKD_DEFAULTS, "mi_weights": list(parse_weights(mi_weights))}
-    return {}

@@ -11,14 +11,15 @@ import torch
 from typer.testing import CliRunner
 
 from avret.data import SynthConfig, make_vegas_synth
+from avret.distill.configs import VideoAdviserConfig
 from avret.distill.context import MethodContext, TeacherOutputs
 from avret.distill.methods import METHODS, build_method
 from avret.distill.step1 import RelevanceHead
 from avret.errors import AvretError
 from avret.io import load_model
+from avret.losses.auxiliary import Batch
 from avret.losses.kd import LogitKDLoss, kd_loss
 from avret.losses.relevance import PairwiseRelevanceLoss
-from avret.train.tower_training import Batch
 from avret_cli.main import app
 
 SYNTH = ["--synth-clips", "300", "--synth-seed", "3"]
@@ -64,7 +65,7 @@ def test_pairwise_relevance_loss_hand_computed():
 
 def test_pairwise_relevance_loss_rejects_unknown_loss():
     with pytest.raises(AvretError, match="relevance loss 'l1'"):
-        PairwiseRelevanceLoss(torch.eye(2), lambda a, b: a @ b.T, loss="l1")
+        PairwiseRelevanceLoss(torch.eye(2), lambda a, b: a @ b.T, weight=1.0, balanced=True, loss="l1")
 
 
 def test_registry_and_gradients_reach_only_training_heads():
@@ -82,8 +83,7 @@ def test_registry_and_gradients_reach_only_training_heads():
     value, _ = kd(Batch(torch.tensor([0, 2, 4]), emb, emb, torch.tensor([0, 1, 2])), emb, emb)
     value.backward()
     assert emb.grad is not None and kd.audio_head.weight.grad is not None
-    ctx.options = {"student_target": "per-clip"}
-    per_clip = build_method("videoadviser", ctx)
+    per_clip = build_method("videoadviser", ctx, VideoAdviserConfig(student_target="per-clip"))
     assert per_clip.targets.shape == (6, 3) and float(per_clip.targets.max()) <= 1.0 + 1e-6
 
 

@@ -17,20 +17,21 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from avret.data import SynthConfig, make_vegas_synth
+from avret.distill.configs import KDConfig, MIKDConfig, MSDConfig, VideoAdviserConfig
 from avret.distill.context import MethodContext, TeacherOutputs
-from avret.distill.methods import METHODS, build_method
+from avret.distill.methods import METHODS, Method, build_method
 from avret.distill.step1 import RelevanceHead
 from avret.models.towers import TowerConfig
 from avret.train.tower_training import Batch, TrainConfig, train_towers
 
 EMBED = 8
-VARIANTS = {  # name -> (method, options)
-    "kd": ("kd", {}),
-    "videoadviser": ("videoadviser", {}),
-    "videoadviser-per-clip": ("videoadviser", {"student_target": "per-clip"}),
-    "msd": ("msd", {"msd_teacher_epochs": 2, "msd_teacher_hidden": 16}),
-    "msd-learned": ("msd", {"msd_teacher_epochs": 2, "msd_teacher_hidden": 16, "msd_weighting": "learned"}),
-    "mi-kd": ("mi-kd", {"mi_hidden": 16, "mi_proj_dim": 8}),
+VARIANTS = {  # name -> (method, its typed settings)
+    "kd": ("kd", KDConfig()),
+    "videoadviser": ("videoadviser", VideoAdviserConfig()),
+    "videoadviser-per-clip": ("videoadviser", VideoAdviserConfig(student_target="per-clip")),
+    "msd": ("msd", MSDConfig(teacher_epochs=2, teacher_hidden=16)),
+    "msd-learned": ("msd", MSDConfig(teacher_epochs=2, teacher_hidden=16, weighting="learned")),
+    "mi-kd": ("mi-kd", MIKDConfig(hidden=16, proj_dim=8)),
 }
 FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.tensor, torch.as_tensor, torch.arange,
              torch.eye, torch.rand, torch.randn, torch.randint, torch.randperm, torch.linspace}
@@ -65,10 +66,9 @@ def data():
 def build(variant: str, ds) -> nn.Module:
     train, val = ds.subset("train"), ds.subset("val")
     post = torch.softmax(torch.randn(len(train), ds.num_classes, generator=torch.Generator().manual_seed(0)), -1)
-    method, options = VARIANTS[variant]
-    ctx = MethodContext(train, val, TeacherOutputs(post.log(), post, RelevanceHead()), EMBED, 0, dict(options),
-                        device="cpu")
-    aux = build_method(method, ctx)
+    method, config = VARIANTS[variant]
+    ctx = MethodContext(train, val, TeacherOutputs(post.log(), post, RelevanceHead()), EMBED, 0, device="cpu")
+    aux = build_method(method, ctx, config)
     assert isinstance(aux, nn.Module)
     return aux
 
@@ -155,8 +155,8 @@ def test_methods_train_towers_on_cuda(variant, data):
 @needs_cuda
 def test_msd_teacher_trains_on_the_context_device(data):
     train, val = data.subset("train"), data.subset("val")
-    ctx = MethodContext(train, val, None, EMBED, 0, dict(VARIANTS["msd"][1]), device="cuda")
-    aux = build_method("msd", ctx)
+    ctx = MethodContext(train, val, None, EMBED, 0, device="cuda")
+    aux = build_method("msd", ctx, VARIANTS["msd"][1])
     assert aux.teacher_full.device.type == "cpu"  # built on the CPU; the tower trainer moves it
     assert aux.constant_logs["msd_teacher_val_acc"] > 0
 
@@ -165,7 +165,7 @@ def test_pipeline_hands_the_towers_device_to_the_method(monkeypatch, tmp_path, d
     from avret.distill.pipeline import DistillConfig, run_distillation
 
     seen: list[MethodContext] = []
-    monkeypatch.setitem(METHODS, "msd", lambda ctx: seen.append(ctx))
+    monkeypatch.setitem(METHODS, "msd", Method(MSDConfig, lambda ctx, cfg: seen.append(ctx)))
     run_distillation(data, tmp_path / "run", DistillConfig(method="msd"),
                      TrainConfig(epochs=1, batch_size=64, device="auto"), TowerConfig(embed_dim=EMBED, hidden_dim=16))
     assert [c.device for c in seen] == ["auto"]

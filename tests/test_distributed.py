@@ -19,6 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from avret.data import SynthConfig, make_vegas_synth
+from avret.distill.configs import MIKDConfig, VideoAdviserConfig
 from avret.distill.context import MethodContext, TeacherOutputs
 from avret.distill.methods import build_method
 from avret.distill.step1 import RelevanceHead
@@ -45,9 +46,8 @@ def _relevance_aux(ds, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     post = torch.softmax(3 * torch.randn(len(train), ds.num_classes, generator=g), -1)
     torch.manual_seed(seed)
-    ctx = MethodContext(train, ds.subset("val"), TeacherOutputs(post.log(), post, RelevanceHead()), 16, seed,
-                        {"weight": 0.5})
-    return build_method("videoadviser", ctx)
+    ctx = MethodContext(train, ds.subset("val"), TeacherOutputs(post.log(), post, RelevanceHead()), 16, seed)
+    return build_method("videoadviser", ctx, VideoAdviserConfig(weight=0.5))
 
 
 class FirstStep(Callback):
@@ -159,7 +159,7 @@ def _worker(rank: int, out: str) -> None:
     # mi-kd's discriminators step inside the loss on the global batch, never all-reduced: they must
     # stay identical on both ranks (the shared RNG stream drives its teacher's dropout)
     train = ds.subset("train")
-    aux = build_method("mi-kd", MethodContext(train, ds.subset("val"), None, 16, 0, {"mi_hidden": 32}))
+    aux = build_method("mi-kd", MethodContext(train, ds.subset("val"), None, 16, 0), MIKDConfig(hidden=32))
     mikd = train_towers(ds, TINY, TrainConfig(epochs=2, batch_size=PER_RANK, device="cpu", seed=0, val_fraction=0.2),
                         aux_loss=aux)
     res["mikd"] = {"disc": [float(p.detach().double().sum()) for p in aux.discriminator_parameters()],
@@ -168,7 +168,7 @@ def _worker(rank: int, out: str) -> None:
     torch.manual_seed(0)
     from avret.distill.pipeline import DistillConfig, run_distillation
 
-    run = run_distillation(ds, Path(out) / "mikd", DistillConfig(method="mi-kd", options={"mi_hidden": 32}),
+    run = run_distillation(ds, Path(out) / "mikd", DistillConfig(method="mi-kd", method_config=MIKDConfig(hidden=32)),
                            TrainConfig(epochs=2, batch_size=PER_RANK, device="cpu", seed=0, val_fraction=0.2),
                            TINY)
     res["distill_run"] = str(run)

@@ -18,6 +18,8 @@ import torch
 from typer.testing import CliRunner
 
 from avret.data import SynthConfig, make_vegas_synth
+from avret.distill.configs import VideoAdviserConfig
+from avret.distill.methods import METHODS
 from avret.distill.pipeline import DistillConfig, run_distillation
 from avret.errors import AvretError, ModelError
 from avret.io import MODEL_TYPES, load_model, read_run, verify_run
@@ -42,7 +44,8 @@ def _distill(ds, out, method, seed=0, teacher_from=None, **overrides):
         out.mkdir(parents=True)
         shutil.copytree(teacher_from / "teacher", out / "teacher")
         shutil.copy2(teacher_from / "step1.json", out / "step1.json")
-    cfg = DistillConfig(method=method, teacher_epochs=2, prompt_conditioning="shared", **overrides)
+    config = METHODS[method].config(**overrides)  # the method's typed settings
+    cfg = DistillConfig(method=method, teacher_epochs=2, prompt_conditioning="shared", method_config=config)
     return run_distillation(ds, out, cfg, TrainConfig(seed=seed, **FAST))
 
 
@@ -112,20 +115,23 @@ def test_zero_distillation_weight_gives_the_plain_student(weight_runs):
 def test_zero_weight_builds_no_auxiliary_graph(method):
     """Weight 0 is the plain student by construction (no term multiplied by 0, no extra parameters),
     so the bit-identity above does not hang on how a loaded machine orders floating-point sums."""
+    from dataclasses import replace
+
     from avret.distill.context import MethodContext, TeacherOutputs
-    from avret.distill.methods import build_method
+    from avret.distill.methods import build_method, method_entry
     from avret.distill.step1 import RelevanceHead
 
     ds = make_vegas_synth(SynthConfig(n_clips=120, seed=0))
     post = torch.softmax(torch.randn(len(ds.subset("train")), ds.num_classes), -1)
-    ctx = MethodContext(ds.subset("train"), ds.subset("val"), TeacherOutputs(post.log(), post, RelevanceHead()), 8,
-                        options={"weight": 0.0})
-    assert build_method(method, ctx) is None
+    ctx = MethodContext(ds.subset("train"), ds.subset("val"), TeacherOutputs(post.log(), post, RelevanceHead()), 8)
+    assert build_method(method, ctx, replace(method_entry(method).config(), weight=0.0)) is None
 
 
 def test_default_distillation_weight_changes_the_student(weight_runs):
     assert not _identical(_weights(weight_runs["none"]), _weights(weight_runs["va"]))
-    assert read_run(weight_runs["va"])["distill_config"]["weight"] is None  # the method's default was used
+    # the method's default was used and is recorded, typed
+    recorded = read_run(weight_runs["va"])["distill_config"]
+    assert recorded["method"] == "videoadviser" and recorded["method_config"]["weight"] == VideoAdviserConfig.weight
 
 
 # --------------------------------------------------------------------------- step 2

@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from avret.data import SynthConfig, make_vegas_synth
+from avret.distill.configs import MIKDConfig, MSDConfig
 from avret.distill.context import MethodContext
 from avret.distill.methods import METHODS, NEEDS_TEACHER, build_method
 from avret.distill.mikd import MIKDLoss
@@ -27,12 +28,12 @@ from avret.distill.multimodal_teacher import (
 )
 from avret.errors import ModelError
 from avret.io import load_model
+from avret.losses.auxiliary import Batch
 from avret.losses.kd import kd_loss
 from avret.losses.mi import info_nce
 from avret.losses.msd_terms import modality_weights, saliency_from_logits
 from avret.models.towers import AVTowers, TowerConfig
 from avret.train.loop import FitResult
-from avret.train.tower_training import Batch
 from avret_cli.main import app
 
 SYNTH = ["--synth-clips", "300", "--synth-seed", "3"]
@@ -128,7 +129,7 @@ def test_learned_weights_move_toward_the_salient_modality(salient):
                                 inner_lr=0.5, val_batch=100, seed=0)
     t_full = 4.0 * torch.nn.functional.one_hot(y, 2).float()
     t_only = torch.stack([t_full, torch.zeros_like(t_full)][:: 1 if salient == 0 else -1], 1)
-    loss = MSDLoss(t_full, t_only, 3, learner=learner, temperature=1.0)
+    loss = MSDLoss(t_full, t_only, 3, learner=learner, temperature=1.0, weight=1.0)
     assert not {id(p) for p in loss.parameters()} & {id(learner.alpha)}
     for _ in range(40):
         rows = torch.randperm(200, generator=gen)[:64]
@@ -140,7 +141,7 @@ def test_learned_weights_move_toward_the_salient_modality(salient):
 def test_mikd_discriminator_and_generators_update_in_their_own_phases():
     ds = make_vegas_synth(SynthConfig(n_clips=120, seed=1))
     train, val = ds.subset("train"), ds.subset("test")
-    aux = build_method("mi-kd", MethodContext(train, val, None, 8, 0, {"mi_hidden": 16, "mi_proj_dim": 8}))
+    aux = build_method("mi-kd", MethodContext(train, val, None, 8, 0), MIKDConfig(hidden=16, proj_dim=8))
     assert isinstance(aux, MIKDLoss)
     towers = AVTowers(TowerConfig(audio_dim=ds.audio_dim, visual_dim=ds.visual_dim, embed_dim=8, hidden_dim=16))
     disc = list(aux.discriminator_parameters())
@@ -264,10 +265,10 @@ def test_cli_runs_deploy_the_same_towers_and_record_settings(runs):
         meta = json.loads((runs / method / "run.json").read_text())
         assert meta["method"] == method
         assert not (runs / method / "teacher").exists()  # no VideoAdviser teacher is trained
-    msd_opts = json.loads((runs / "msd" / "run.json").read_text())["distill_config"]["options"]
-    assert msd_opts["msd_weighting"] == "instance" and msd_opts["msd_teacher_epochs"] == 3
-    mi_opts = json.loads((runs / "mi-kd" / "run.json").read_text())["distill_config"]["options"]
-    assert mi_opts["mi_weights"] == [0.5, 0.5, 0.2]
+    msd = json.loads((runs / "msd" / "run.json").read_text())["distill_config"]["method_config"]
+    assert msd["weighting"] == "instance" and msd["teacher_epochs"] == 3 and msd["weight"] == MSDConfig.weight
+    mi = json.loads((runs / "mi-kd" / "run.json").read_text())["distill_config"]["method_config"]
+    assert mi["lambdas"] == [0.5, 0.5, 0.2] and mi["hidden"] == MIKDConfig.hidden
 
 
 def test_cli_rejects_bad_method_settings(tmp_path):

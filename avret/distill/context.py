@@ -1,4 +1,4 @@
-"""What a distillation method's builder receives (:class:`MethodContext`), apart from the method list.
+"""What a distillation method's builder receives (:class:`MethodContext`) besides its typed config.
 
 The builders (:mod:`avret.distill.methods`, :mod:`avret.distill.msd`, :mod:`avret.distill.mikd`)
 import these classes from here, so that :mod:`avret.distill.methods` can list every builder
@@ -7,8 +7,8 @@ explicitly without an import cycle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -37,7 +37,6 @@ class MethodContext:
         teacher: the VideoAdviser teacher's outputs, for the methods in ``NEEDS_TEACHER``; else ``None``.
         embed_dim: the towers' embedding width.
         seed: the run seed.
-        options: the method's settings (``weight``, ``kd_temperature``, ``msd_*``, ``mi_*`` ...).
         device: where a method trains what it trains before the towers (``auto|cpu|cuda``; the
             towers' ``TrainConfig.device``). The auxiliary loss it returns is built on the CPU; the
             tower trainer moves it to the towers' device.
@@ -48,5 +47,4 @@ class MethodContext:
     teacher: TeacherOutputs | None
     embed_dim: int
     seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"

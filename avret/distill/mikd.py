@@ -4,21 +4,22 @@ The *auxiliary modality* is the teacher view (mean-pooled ``teacher_frames``), w
 (the towers) never see. Three networks are trained jointly with the towers:
 
 * **Teacher** ``T``: a :class:`~avret.distill.multimodal_teacher.MultimodalTeacher` over audio +
-  visual + teacher view (fusion ``mi_fusion``, default ``sum``); its representation ``t`` is the
+  visual + teacher view (``MIKDConfig.fusion``); its representation ``t`` is the
   trunk output. It is trained by the tower trainer's optimiser (its parameters are returned by
-  :meth:`MIKDLoss.parameters`) with a cross-entropy classification loss (``mi_teacher_ce``,
-  default 1.0) so that the MI terms cannot make it weak or collapse it.
+  :meth:`MIKDLoss.parameters`) with a cross-entropy classification loss (weight
+  ``teacher_ce``) so that the MI terms cannot make it weak or collapse it.
 * **Auxiliary-modality model** ``A``: an MLP encoder of the teacher view alone, representation ``u``.
 * **Students** ``S``: the audio and visual towers' L2-normalised embeddings ``s_audio``, ``s_visual``.
 
-Objective added to the towers' own task loss (λ = ``mi_weights``, default ``(0.5, 0.5, 0.1)``)::
+Objective added to the towers' own task loss (λ = ``lambdas``, ``--mi-weights``;
+the settings are :class:`~avret.distill.configs.MIKDConfig`'s, whose defaults are written there)::
 
-    weight · [ λ1 · ½ Σ_m InfoNCE(t, s_m) + λ2 · InfoNCE(t, u) + λ3 · ½ Σ_m Adv_m ] + mi_teacher_ce · CE(T)
+    weight · [ λ1 · ½ Σ_m InfoNCE(t, s_m) + λ2 · InfoNCE(t, u) + λ3 · ½ Σ_m Adv_m ] + teacher_ce · CE(T)
 
 * **InfoNCE** (MI lower bound ``I(X;Y) ≥ log B − L``): a learnable critic
-  ``f(x, y) = <ĝ(x), ĥ(y)> / τ`` with linear projections ``g``, ``h`` to ``mi_proj_dim`` (64)
-  dimensions, L2-normalised (ĝ, ĥ), and a learnable temperature ``τ`` (init ``mi_temperature``
-  0.1, clamped to [0.01, 1]); ``L`` is the symmetric cross-entropy of the ``B × B`` critic matrix
+  ``f(x, y) = <ĝ(x), ĥ(y)> / τ`` with linear projections ``g``, ``h`` to ``proj_dim``
+  dimensions, L2-normalised (ĝ, ĥ), and a learnable temperature ``τ`` (init ``temperature``,
+  clamped to [0.01, 1]); ``L`` is the symmetric cross-entropy of the ``B × B`` critic matrix
   with the matching clip as the positive (other clips of the batch are the negatives).
   Minimising ``L`` maximises both MIs; one critic per pair (t, s_audio), (t, s_visual), (t, u).
 * **Adversarial conditional-entropy term** (minimises ``H(T | S_m)``): a predictor
@@ -31,7 +32,7 @@ Objective added to the towers' own task loss (λ = ``mi_weights``, default ``(0.
   - *Discriminator phase*, inside every :meth:`MIKDLoss.__call__`, **before** the generator-side
     loss is computed: on detached ``t``, ``s_m``, ``t̂_m``,
     ``L_D = BCE(D(t, s), 1) + BCE(D(t̂, s), 0)``, one Adam step of the discriminators' own
-    optimiser (``mi_disc_lr`` 1e-3, betas (0.5, 0.999)). Discriminator parameters are not
+    optimiser (``disc_lr``, betas (0.5, 0.999)). Discriminator parameters are not
     returned to the tower trainer and are frozen (``requires_grad=False``) outside this phase.
   - *Generator phase*: with ``D_m`` frozen, flipped labels (non-saturating):
     ``Adv_m = BCE(D(t̂, s), 1) + BCE(D(t, s), 0)``; its gradient updates the towers, the
@@ -50,19 +51,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from avret.distill.configs import MIKDConfig
 from avret.distill.context import MethodContext
-from avret.distill.defaults import MIKD_DEFAULTS
 from avret.distill.multimodal_teacher import FUSIONS, STUDENT_MODALITIES, build_teacher, dataset_inputs
 from avret.errors import AvretError
+from avret.losses.auxiliary import Batch
 from avret.losses.mi import InfoNCECritic, discriminator_loss, generator_loss
-from avret.train.tower_training import Batch
 
 
 def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -91,8 +90,8 @@ class MIKDLoss(nn.Module):
     """
 
     def __init__(self, teacher: nn.Module, view: torch.Tensor, embed_dim: int, weights: tuple[float, float, float],
-                 teacher_ce: float = 1.0, temperature: float = 0.1, proj_dim: int = 64, hidden: int = 256,
-                 disc_lr: float = 1e-3, weight: float = 1.0) -> None:
+                 teacher_ce: float, temperature: float, proj_dim: int, hidden: int, disc_lr: float,
+                 weight: float) -> None:
         super().__init__()
         self.teacher = teacher
         t_dim = teacher.hidden_dim
@@ -163,32 +162,17 @@ class MIKDLoss(nn.Module):
         return loss, logs
 
 
-def parse_weights(value: Any) -> tuple[float, float, float]:
-    """``mi_weights`` as three floats (a list/tuple or a ``"l1,l2,l3"`` string)."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        out = tuple(float(x) for x in items)
-    except (TypeError, ValueError):
-        out = ()
-    if len(out) != 3 or any(not np.isfinite(x) or x < 0 for x in out):
-        raise AvretError(f"--mi-weights '{value}': expected three non-negative numbers 'l1,l2,l3'")
-    return out  # type: ignore[return-value]
-
-
-def build_mikd(ctx: MethodContext) -> MIKDLoss:
+def build_mikd(ctx: MethodContext, cfg: MIKDConfig) -> MIKDLoss:
     """A fresh multimodal teacher, view encoder, critics and discriminators for :class:`MIKDLoss`.
 
     Nothing is trained before the towers (the teacher learns jointly with them), so ``ctx.device``
     is not needed here: the tower trainer moves the returned loss to the towers' device.
     """
-    opts = {**MIKD_DEFAULTS, **ctx.options}
-    weights = parse_weights(opts["mi_weights"])
-    if opts["mi_fusion"] not in FUSIONS:
-        raise AvretError(f"--mi-fusion '{opts['mi_fusion']}': expected 'sum' or 'concat'")
+    if cfg.fusion not in FUSIONS:
+        raise AvretError(f"--mi-fusion '{cfg.fusion}': expected 'sum' or 'concat'")
     torch.manual_seed(ctx.seed)
-    hidden = int(opts["mi_hidden"])
-    teacher = build_teacher(ctx.train, hidden, opts["mi_fusion"])
+    hidden = int(cfg.hidden)
+    teacher = build_teacher(ctx.train, hidden, cfg.fusion)
     view = dataset_inputs(ctx.train)["view"]
-    return MIKDLoss(teacher, view, ctx.embed_dim, weights, float(opts["mi_teacher_ce"]),
-                    float(opts["mi_temperature"]), int(opts["mi_proj_dim"]), hidden, float(opts["mi_disc_lr"]),
-                    float(opts.get("weight", 1.0)))
+    return MIKDLoss(teacher, view, ctx.embed_dim, cfg.lambdas, float(cfg.teacher_ce), float(cfg.temperature),
+                    int(cfg.proj_dim), hidden, float(cfg.disc_lr), float(cfg.weight))

@@ -5,16 +5,16 @@ modality in which teacher and student see that modality alone, weighted by how *
 modality is. Here:
 
 * **Teacher** (training-only): :class:`~avret.distill.multimodal_teacher.MultimodalTeacher` over
-  audio + visual + mean-pooled teacher view, each projected then fused (``msd_fusion``: ``sum``
+  audio + visual + mean-pooled teacher view, each projected then fused (``fusion``: ``sum``
   or ``concat``), with a learned *missing token* per modality replacing a removed modality's
   projection. It is trained first on the train split (cross-entropy, modality dropout 0.3 so
-  the tokens are learned; ``msd_teacher_epochs`` at most, early stopping on val cross-entropy;
+  the tokens are learned; ``teacher_epochs`` at most, early stopping on val cross-entropy;
   by the one loop, :func:`avret.train.loop.fit`, on ``MethodContext.device``), then frozen; its
   posteriors on the training clips are computed once.
 * **Student** = the towers, read out by two training-only linear classifier heads on the
   L2-normalised embeddings: audio-only student ``z_a = head_a(audio_emb)``, visual-only student
   ``z_v = head_v(visual_emb)``, full student ``(z_a + z_v) / 2`` (mean of the two heads' logits).
-* **Loss** (per batch, ``T`` = ``kd_temperature``, default 4)::
+* **Loss** (per batch, ``T`` = ``MSDConfig.temperature``)::
 
       weight · [ KD_T(t_full, (z_a+z_v)/2) + Σ_m w_m · KD_T(t_only_m, z_m) ],   m ∈ {audio, visual}
 
@@ -25,29 +25,29 @@ modality is. Here:
 * **Saliency** of modality m for clip i (temperature 1):
   ``s_im = KL(p_teacher(full) || p_teacher(m removed))``, m removed = its projection replaced by
   its missing token, the other two modalities present. Zero when the teacher ignores m.
-* **Weights** ``w_m`` (``msd_weighting``, default ``instance``; they always sum to 1 over m):
+* **Weights** ``w_m`` (``weighting``, ``--msd-weighting``; they always sum to 1 over m):
 
   - ``uniform``: ``1/2`` each;
   - ``population``: ``mean_i s_im`` normalised over m (one pair of weights for the whole run);
   - ``instance``: ``s_im / Σ_m s_im`` per clip (uniform where both saliencies are ~0);
   - ``learned``: ``w = softmax(α)``, α meta-learned online on the validation split by a
     one-step look-ahead (learning-to-reweight, Ren et al. 2018) on a *proxy student*: the
-    tower trainer's :class:`~avret.train.tower_training.AuxiliaryLoss` only sees embeddings, so the
+    tower trainer's :class:`~avret.losses.auxiliary.AuxiliaryLoss` only sees embeddings, so the
     towers themselves cannot take a virtual step or embed validation clips. The proxy is a pair
     of linear heads on the standardised raw audio/visual features, trained alongside the towers
     with the same MSD loss (full-student KD + weighted per-modality KD). Each training step:
-    virtual SGD step of the proxy with the current ``w`` (``msd_meta_inner_lr``) →
+    virtual SGD step of the proxy with the current ``w`` (``meta_inner_lr``) →
     cross-entropy of the virtually-updated full proxy on a random validation mini-batch →
     its gradient w.r.t. α (second order through the virtual step) → Adam step on α
-    (``msd_meta_lr``) → real SGD step of the proxy with the new ``w``. The towers use the new
+    (``meta_lr``) → real SGD step of the proxy with the new ``w``. The towers use the new
     ``w`` (constant, no gradient to α). Extra cost per step: ~3 forward/backward passes of two
     linear maps on a batch plus one on a validation batch — small next to the towers.
 
 The teacher, the heads and the proxy are training-only: the deployed towers are unchanged, so
 inference cost is the same as ``--method none``. The loss terms (KD, saliency, weights) live in
 :mod:`avret.losses.msd_terms`; this module holds the method: the teacher, the meta-learner and the
-builder. Settings come from ``MethodContext.options``
-(defaults in :data:`MSD_DEFAULTS`); the teacher's validation accuracy and the weights in use are
+builder. Settings come from its :class:`~avret.distill.configs.MSDConfig` (the defaults are
+written there); the teacher's validation accuracy and the weights in use are
 logged in the training history (``msd_teacher_val_acc``, ``msd_w_audio``, ``msd_w_visual``).
 """
 
@@ -59,8 +59,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from avret.distill.configs import MSDConfig
 from avret.distill.context import MethodContext
-from avret.distill.defaults import MSD_DEFAULTS
 from avret.distill.multimodal_teacher import (
     FUSIONS,
     MODALITIES,
@@ -71,8 +71,8 @@ from avret.distill.multimodal_teacher import (
     train_multimodal_teacher,
 )
 from avret.errors import AvretError
+from avret.losses.auxiliary import Batch
 from avret.losses.msd_terms import WEIGHTINGS, modality_weights, msd_kd_terms, saliency_from_logits
-from avret.train.tower_training import Batch
 
 
 def teacher_views(teacher: MultimodalTeacher, inputs: dict[str, torch.Tensor],
@@ -107,8 +107,8 @@ class MetaWeightLearner(nn.Module):
     """
 
     def __init__(self, train_audio: torch.Tensor, train_visual: torch.Tensor, val_audio: torch.Tensor,
-                 val_visual: torch.Tensor, val_labels: torch.Tensor, num_classes: int, temperature: float = 4.0,
-                 meta_lr: float = 0.02, inner_lr: float = 0.1, val_batch: int = 256, seed: int = 0) -> None:
+                 val_visual: torch.Tensor, val_labels: torch.Tensor, num_classes: int, temperature: float,
+                 meta_lr: float, inner_lr: float, val_batch: int = 256, seed: int = 0) -> None:
         super().__init__()
         self.temperature = temperature
         self.inner_lr = inner_lr
@@ -176,7 +176,7 @@ class MSDLoss(nn.Module):
 
     def __init__(self, teacher_full: torch.Tensor, teacher_only: torch.Tensor, embed_dim: int,
                  sample_weights: torch.Tensor | None = None, learner: MetaWeightLearner | None = None,
-                 temperature: float = 4.0, weight: float = 1.0, constant_logs: dict[str, float] | None = None) -> None:
+                 *, temperature: float, weight: float, constant_logs: dict[str, float] | None = None) -> None:
         super().__init__()
         if (sample_weights is None) == (learner is None):
             raise ValueError("MSDLoss: give exactly one of sample_weights and learner")
@@ -211,36 +211,34 @@ class MSDLoss(nn.Module):
         return self.weight * loss, logs
 
 
-def build_msd(ctx: MethodContext) -> MSDLoss:
+def build_msd(ctx: MethodContext, cfg: MSDConfig) -> MSDLoss:
     """Train the multimodal teacher on ``ctx.train``, then build :class:`MSDLoss` from its frozen outputs.
 
     The teacher trains on ``ctx.device`` (early stopping on ``ctx.val``); the returned loss is on
     the CPU, and the tower trainer moves it to the towers' device.
     """
-    opts = {**MSD_DEFAULTS, **ctx.options}
-    scheme = opts["msd_weighting"]
-    if scheme not in WEIGHTINGS:
-        raise AvretError(f"--msd-weighting '{scheme}': expected one of {' | '.join(WEIGHTINGS)}")
-    if opts["msd_fusion"] not in FUSIONS:
-        raise AvretError(f"--msd-fusion '{opts['msd_fusion']}': expected 'sum' or 'concat'")
+    if cfg.weighting not in WEIGHTINGS:
+        raise AvretError(f"--msd-weighting '{cfg.weighting}': expected one of {' | '.join(WEIGHTINGS)}")
+    if cfg.fusion not in FUSIONS:
+        raise AvretError(f"--msd-fusion '{cfg.fusion}': expected 'sum' or 'concat'")
     torch.manual_seed(ctx.seed)
-    teacher = build_teacher(ctx.train, int(opts["msd_teacher_hidden"]), opts["msd_fusion"])
-    fitted = train_multimodal_teacher(teacher, ctx.train, ctx.val, epochs=int(opts["msd_teacher_epochs"]),
+    teacher = build_teacher(ctx.train, int(cfg.teacher_hidden), cfg.fusion)
+    fitted = train_multimodal_teacher(teacher, ctx.train, ctx.val, epochs=int(cfg.teacher_epochs),
                                       seed=ctx.seed, device=ctx.device)
     teacher.requires_grad_(False)
     views = {k: v.cpu() for k, v in teacher_views(teacher, dataset_inputs(ctx.train)).items()}
     saliency = saliency_from_logits(views["full"], views["without"])
-    temperature = float(opts.get("kd_temperature", 4.0))
+    temperature = float(cfg.temperature)
     logs = {"msd_teacher_val_acc": float(fitted.best.get("val_accuracy", 0.0))}
     for j, m in enumerate(STUDENT_MODALITIES):
         logs[f"msd_saliency_{m}"] = float(saliency[:, j].mean())
     learner, weights = None, None
-    if scheme == "learned":
+    if cfg.weighting == "learned":
         learner = MetaWeightLearner(
             torch.from_numpy(ctx.train.audio), torch.from_numpy(ctx.train.visual), torch.from_numpy(ctx.val.audio),
             torch.from_numpy(ctx.val.visual), torch.from_numpy(ctx.val.labels), ctx.train.num_classes,
-            temperature, float(opts["msd_meta_lr"]), float(opts["msd_meta_inner_lr"]), seed=ctx.seed)
+            temperature, float(cfg.meta_lr), float(cfg.meta_inner_lr), seed=ctx.seed)
     else:
-        weights = modality_weights(scheme, saliency)
-    return MSDLoss(views["full"], views["only"], ctx.embed_dim, weights, learner, temperature,
-                   float(opts.get("weight", 1.0)), logs)
+        weights = modality_weights(cfg.weighting, saliency)
+    return MSDLoss(views["full"], views["only"], ctx.embed_dim, weights, learner, temperature=temperature,
+                   weight=float(cfg.weight), constant_logs=logs)

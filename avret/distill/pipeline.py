@@ -6,7 +6,7 @@
       teacher/          the VideoAdviser teacher (config.json + model.safetensors; frozen CLIP by reference)
       step1.json        the fitted relevance head (temperature) and teacher validation scores
       model/            the deployed towers (identical architecture for every method)
-      run.json          method, options, seed, data set, timings, selection history, versions
+      run.json          method and its typed settings, seed, data set, timings, selection history, versions
 
 Each piece is written atomically as soon as it is done; re-running the same command skips the
 finished pieces (a finished teacher is reused when its settings match), so an interrupted run
@@ -30,15 +30,16 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from avret.data.dataset import AVDataset
+from avret.distill.configs import MethodConfig, check_config, config_from_record
 from avret.distill.context import MethodContext, TeacherOutputs
-from avret.distill.methods import METHODS, NEEDS_TEACHER, build_method
+from avret.distill.methods import METHODS, NEEDS_TEACHER, build_method, method_entry
 from avret.errors import AvretError, ModelError
 from avret.io import FORMAT_VERSION, verify_run, write_run
 from avret.models.towers import TowerConfig
@@ -66,11 +67,23 @@ class DistillConfig:
     teacher_epochs: int = 20
     teacher_lr: float = 2e-3
     teacher_batch_size: int = 64
-    student_target: str = "pairwise"
-    relevance_loss: str = "bce"  # step 2 pairwise loss: bce | mse
-    weight: float | None = None  # None: the method's default (videoadviser 20, others 1)
-    kd_temperature: float = 4.0
-    options: dict[str, Any] = field(default_factory=dict)
+    # the method's typed settings (avret.distill.configs); None: the method's defaults
+    method_config: MethodConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.method_config is None and self.method in METHODS:
+            self.method_config = METHODS[self.method].config()
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> DistillConfig:
+        """The config recorded in ``run.json`` (``distill_config``): typed, or the untyped one of older runs.
+
+        Raises :class:`AvretError` for an unknown method or a setting it does not have.
+        """
+        method = record.get("method", cls.method)
+        own = {f.name for f in fields(cls)} - {"method", "method_config"}
+        return cls(method=method, **{k: v for k, v in record.items() if k in own},
+                   method_config=config_from_record(record, method_entry(method).config))
 
     def teacher_key(self) -> dict[str, Any]:
         """Settings that define the teacher (a saved teacher is reused only when these match)."""
@@ -161,16 +174,24 @@ def _read_done(out: Path) -> dict[str, Any] | None:
     return done if isinstance(done, dict) else None
 
 
-def _check_student_options(cfg: DistillConfig) -> None:
-    """Refuse bad step-2 options before the (long) teacher training, not after it."""
-    from avret.losses.relevance import RELEVANCE_LOSSES
+def _recorded_config(done: dict[str, Any]) -> DistillConfig | None:
+    """The distillation config an earlier ``run.json`` records (typed or older), or None when unusable."""
+    record = done.get("distill_config")
+    if not isinstance(record, dict):
+        return None
+    try:
+        return DistillConfig.from_record(record)
+    except (AvretError, TypeError, ValueError):
+        return None
 
-    if cfg.student_target not in ("pairwise", "per-clip"):
-        raise AvretError(f"--student-target '{cfg.student_target}': expected 'pairwise' or 'per-clip'")
-    if cfg.relevance_loss not in RELEVANCE_LOSSES:
-        raise AvretError(f"--relevance-loss '{cfg.relevance_loss}': expected one of {', '.join(RELEVANCE_LOSSES)}")
-    if cfg.weight is not None and not (math.isfinite(cfg.weight) and cfg.weight >= 0):
-        raise AvretError(f"--weight {cfg.weight}: expected a finite number >= 0")
+
+def _check_options(cfg: DistillConfig) -> None:
+    """Refuse bad method settings before the (long) teacher training, not after it."""
+    entry = method_entry(cfg.method)
+    if not isinstance(cfg.method_config, entry.config):
+        raise AvretError(f"--method '{cfg.method}' takes a {entry.config.__name__}, not a "
+                         f"{type(cfg.method_config).__name__}")
+    check_config(cfg.method_config)
     if not isinstance(cfg.teacher_epochs, int) or cfg.teacher_epochs < 1:
         raise AvretError(f"--teacher-epochs {cfg.teacher_epochs}: expected an integer >= 1")
 
@@ -221,9 +242,7 @@ def run_distillation(
     cfg = config or DistillConfig()
     tcfg = train_config or TrainConfig()
     say = status or (lambda _msg: None)
-    if cfg.method not in METHODS:
-        raise AvretError(f"--method '{cfg.method}': expected one of {sorted(METHODS)}")
-    _check_student_options(cfg)
+    _check_options(cfg)
     out = Path(out)
     check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)
     resolve_device(tcfg.device)  # a bad --device fails here, before anything is written
@@ -236,7 +255,7 @@ def run_distillation(
         raise AvretError(f"--epochs {tcfg.epochs}: expected an integer >= 1")
     if (out / "run.json").is_file() and (out / "model" / "config.json").is_file():
         done = _read_done(out)
-        same = done is not None and done.get("distill_config") == json.loads(json.dumps(asdict(cfg))) and \
+        same = done is not None and _recorded_config(done) == cfg and \
             done.get("train_config") == asdict(tcfg) and done.get("world_size", 1) == dist.world_size()
         damaged = verify_run(out) if same else []
         if same and not damaged:
@@ -282,15 +301,12 @@ def _distill_into(dataset: AVDataset, out: Path, cfg: DistillConfig, tcfg: Train
         teacher_out, teacher_info = _teacher_outputs(dataset, cfg, out, tcfg.seed, say, ref, tcfg.device,
                                                      tcfg.precision)
     tower_cfg = tower_config or TowerConfig()
-    options = {**({"weight": cfg.weight} if cfg.weight is not None else {}), "kd_temperature": cfg.kd_temperature,
-               "student_target": cfg.student_target,
-               "relevance_loss": cfg.relevance_loss, **cfg.options}
     ctx = MethodContext(dataset.subset("train"), dataset.subset("val"), teacher_out, tower_cfg.embed_dim,
-                        tcfg.seed, options, device=tcfg.device)
+                        tcfg.seed, device=tcfg.device)
     # training-only heads draw their initial weights here: seed them, so that a run which reuses a
     # saved teacher gets the same heads (and towers) as one that has just trained it
     seed_everything(tcfg.seed)
-    aux = build_method(cfg.method, ctx)
+    aux = build_method(cfg.method, ctx, cfg.method_config)
     say(f"training towers (method {cfg.method})")
     key = {"distill_config": asdict(cfg), "train_config": asdict(tcfg), "tower_config": asdict(tower_cfg),
            "dataset": ref, "teacher": teacher_info.get("teacher_key"),

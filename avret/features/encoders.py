@@ -30,8 +30,19 @@ _MODEL_CACHE: dict[tuple, Any] = {}
 
 
 def file_fingerprint(path: str | Path) -> str:
-    """``sha256:<hex>`` of a file's bytes (cached per path, size and mtime)."""
+    """``sha256:<hex>`` of a file's bytes (cached per path, size and mtime).
+
+    A folder (a Hugging Face CLIPModel folder given as ``--clip-weights``) is fingerprinted by the
+    names and fingerprints of the files directly in it.
+    """
     path = Path(path)
+    if path.is_dir():
+        import hashlib
+
+        h = hashlib.sha256()
+        for child in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
+            h.update(f"{child.name}\0{file_fingerprint(child)}\n".encode())
+        return "sha256:" + h.hexdigest()
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASH_CACHE:

@@ -165,7 +165,7 @@ class ExtractConfig:
         for name in ("vggish", "vggish_pca", "clip_weights", "inception_weights", "inception_pca", "aisfx_weights",
                      "efficientnet_weights"):
             p = getattr(self, name)
-            if p is not None and not p.is_file():
+            if p is not None and not (p.is_file() or (name == "clip_weights" and p.is_dir())):  # HF: a folder
                 raise ModelError(f"{p}: {name.replace('_', ' ')} file not found")
         if self.labels is not None and not self.labels.is_file():
             raise DataError(f"{self.labels}: labels CSV not found")
@@ -821,7 +821,7 @@ def load_extract_config(source: ExtractConfig | dict[str, Any] | str | Path) -> 
     for key, weights in (("audio", cfg.audio_weights), ("visual", cfg.visual_weights)):
         want = (data.get(key) or {}).get("weights_sha256")
         p = weights()
-        if want and p is not None and p.is_file() and file_fingerprint(p) != want:
+        if want and p is not None and p.exists() and file_fingerprint(p) != want:
             raise ModelError(f"{p}: file changed since extraction ({path} recorded {want[:19]}...)")
     return cfg
 

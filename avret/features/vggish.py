@@ -13,7 +13,12 @@ The widths are read from the checkpoint's tensor shapes, so the real checkpoint 
 gives a small one.
 
 Optional postprocessing (``vggish_pca_params-970ea276.pth``: ``pca_eigen_vectors`` (128, 128),
-``pca_means`` (128,) or (128, 1)): PCA + whitening, clip to [-2, 2], quantise to 0..255, as the
+``pca_means`` (128,) or (128, 1)). torchvggish's released file holds them as *numpy* arrays (its
+hub loader converts them, "TODO: Convert the state_dict to torch"), which ``torch.load(weights_only=True)``
+refuses by default: they are read with exactly numpy's array-rebuilding globals allowed
+(:data:`NUMPY_ARRAY_GLOBALS`, under the numpy 1 and 2 module names), nothing else, so no pickled
+code runs. A ``.npz`` with the same keys, or tensors, read too. PCA + whitening, clip to [-2, 2],
+quantise to 0..255, as the
 released AudioSet / VEGAS uint8 features. :meth:`VGGishEmbedder.clip_feature` averages over the
 0.96 s examples and, for postprocessed features, de-quantises as ``(x - 128) / 256`` exactly as
 :func:`avret.data.folder.dequantize` does for community uint8 features.
@@ -22,6 +27,7 @@ released AudioSet / VEGAS uint8 features. :meth:`VGGishEmbedder.clip_feature` av
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,6 +85,18 @@ class VGGish(nn.Module):
         return self.embeddings(x.flatten(1))
 
 
+def _numpy_array_globals() -> list[Any]:
+    """The globals a pickled numpy array needs, under numpy 2's and numpy 1's module names."""
+    reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    return [np.ndarray, np.dtype, reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"),
+            (reconstruct, "numpy._core.multiarray._reconstruct"),
+            *(type(np.dtype(t)) for t in ("f2", "f4", "f8", "i4", "i8", "u1"))]
+
+
+#: Globals allowed when reading torchvggish files: numpy arrays of plain dtypes and nothing else.
+NUMPY_ARRAY_GLOBALS = _numpy_array_globals()
+
+
 def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelError(f"{path}: {what} file not found")
@@ -86,11 +104,16 @@ def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return {k: torch.from_numpy(z[k]) for k in z.files}
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's problem
-        raise ModelError(f"{path}: not a readable {what} checkpoint ({type(exc).__name__})") from None
+        raise ModelError(f"{path}: not a readable {what} checkpoint ({type(exc).__name__}); expected torchvggish's "
+                         ".pth (tensors or numpy arrays) or a .npz") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
+    if isinstance(obj, dict):  # torchvggish's PCA file holds numpy arrays
+        obj = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) and v.dtype.kind in "fiu"
+               else v for k, v in obj.items()}
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise ModelError(f"{path}: expected a {what} state dict (name -> tensor)")
     return obj

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-if TYPE_CHECKING:  # annotations only: losses never import the trainer
-    from avret.train.tower_training import Batch
+if TYPE_CHECKING:  # annotations only
+    from avret.losses.auxiliary import Batch
 
 REDUCTIONS = ("none", "batchmean")
 
@@ -43,8 +43,8 @@ class LogitKDLoss(nn.Module):
     the loss is the mean of the audio head's and the visual head's :func:`kd_loss`.
     """
 
-    def __init__(self, teacher_logits: torch.Tensor, embed_dim: int, temperature: float = 4.0,
-                 weight: float = 1.0) -> None:
+    def __init__(self, teacher_logits: torch.Tensor, embed_dim: int, temperature: float,
+                 weight: float) -> None:
         super().__init__()
         self.register_buffer("teacher_logits", teacher_logits.float())  # (N_train, C)
         self.temperature = temperature

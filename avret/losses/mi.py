@@ -35,7 +35,7 @@ def info_nce(x: torch.Tensor, y: torch.Tensor, temperature: torch.Tensor | float
 class InfoNCECritic(nn.Module):
     """Learnable bilinear critic ``<ĝ(x), ĥ(y)>/τ`` (normalised projections, learnable τ)."""
 
-    def __init__(self, dim_x: int, dim_y: int, proj_dim: int = 64, temperature: float = 0.1) -> None:
+    def __init__(self, dim_x: int, dim_y: int, proj_dim: int, temperature: float) -> None:
         super().__init__()
         self.proj_x = nn.Linear(dim_x, proj_dim)
         self.proj_y = nn.Linear(dim_y, proj_dim)

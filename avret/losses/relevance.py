@@ -38,8 +38,8 @@ from torch.nn import functional as F
 
 from avret.errors import DataError
 
-if TYPE_CHECKING:  # annotations only: losses never import the trainer
-    from avret.train.tower_training import Batch
+if TYPE_CHECKING:  # annotations only
+    from avret.losses.auxiliary import Batch
 
 RELEVANCE_LOSSES = ("bce", "mse")
 
@@ -110,7 +110,7 @@ class PairwiseRelevanceLoss(nn.Module):
 
     def __init__(self, posteriors: torch.Tensor,
                  relevance: nn.Module | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 weight: float = 1.0, balanced: bool = True, loss: str = "bce") -> None:
+                 weight: float, balanced: bool, loss: str) -> None:
         super().__init__()
         check_relevance_loss(loss)
         self.balanced = balanced
@@ -142,7 +142,7 @@ class PairwiseRelevanceLoss(nn.Module):
 class PerClipRegressionLoss(nn.Module):
     """Regression heads (training-only) on both towers regress the teacher's per-clip targets ``(N_train, C)``."""
 
-    def __init__(self, targets: torch.Tensor, embed_dim: int, weight: float = 1.0) -> None:
+    def __init__(self, targets: torch.Tensor, embed_dim: int, weight: float) -> None:
         super().__init__()
         self.register_buffer("targets", targets.float())  # (N_train, C)
         self.weight = weight

@@ -45,9 +45,9 @@ def _clip_spec(clip_model: str | None, clip_weights: str | Path | None) -> tuple
     from avret.models.clip import RANDOM_INIT
 
     if clip_weights is not None and str(clip_weights) != RANDOM_INIT:
-        if not Path(clip_weights).is_file():
-            raise ModelError(f"{clip_weights}: no such CLIP weights file "
-                             "(expected a local open_clip checkpoint)")
+        if not Path(clip_weights).exists():
+            raise ModelError(f"{clip_weights}: no such CLIP weights file or folder "
+                             "(expected a local open_clip checkpoint, OpenAI archive or Hugging Face CLIPModel folder)")
         return clip_model or "ViT-B-32", str(clip_weights)
     return clip_model or SMALL_CLIP_NAME, RANDOM_INIT
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from torch import nn
 
 from avret.data.dataset import AVDataset
 from avret.errors import DataError
+from avret.losses.auxiliary import AuxiliaryLoss, Batch  # re-exported: they lived here before
 from avret.losses.contrastive import RetrievalObjective
 from avret.models.towers import AVTowers, TowerConfig
 from avret.train import distributed as dist
@@ -55,26 +56,6 @@ class TrainConfig(OptimSettings):
     classifier_weight: float = 0.5
     patience: int = 12
     val_fraction: float = 0.1
-
-
-@dataclass
-class Batch:
-    """One mini-batch of training clips; ``rows`` index the training subset."""
-
-    rows: torch.Tensor
-    audio: torch.Tensor
-    visual: torch.Tensor
-    labels: torch.Tensor
-
-
-class AuxiliaryLoss(Protocol):
-    """A distillation term: extra loss from the batch and the towers' outputs (an ``nn.Module``)."""
-
-    def parameters(self) -> Any: ...
-
-    def __call__(
-        self, batch: Batch, audio_emb: torch.Tensor, visual_emb: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 @dataclass
