@@ -12,7 +12,7 @@ import typer
 
 from avret.errors import AvretError
 
-from .progress import drop_status, flush_status
+from .progress import begin_command, drop_status, flush_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,6 +24,7 @@ def user_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        begin_command()
         try:
             out = fn(*args, **kwargs)
         except AvretError as exc:

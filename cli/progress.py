@@ -136,6 +136,12 @@ def result(message: str) -> None:
     typer.echo(message)
 
 
+def begin_command() -> None:
+    """A command starts: its own status lines are held from now (nothing of an earlier command carries over)."""
+    _held.clear()
+    _held_since.clear()
+
+
 def drop_status() -> None:
     """Forget the held status lines (the command failed on a user error before they were written)."""
     _held.clear()
