@@ -15,10 +15,15 @@ Reports, one violation per line:
    ``avret.index`` at module level; ``avret/index/`` (the store, building, the Searcher) imports
    nothing from ``avret.train``, ``avret.distill``, ``avret.serve``, ``avret.sentiment`` or
    ``avret.eval``, and ``avret/serve/`` nothing from the training side or ``avret.eval``.
+4. **back-arrows**: the stages of :data:`STAGES` form the pipeline, and a module may import only
+   from its own stage or an earlier one, counting every import: module level, inside functions and
+   type-only (``if TYPE_CHECKING:``) alike (``avret/__init__.py``, the lazy front door, is exempt).
+5. **the command line**: the library never imports the command-line package (``cli/``, installed
+   as ``avret_cli``), and ``cli/`` itself is checked for cycles and private imports from ``avret``.
 
 ``python scripts/check_architecture.py [PACKAGE_DIR]`` prints the violations and exits 1 if there
-are any, 0 if none. ``PACKAGE_DIR`` defaults to the ``avret`` folder next to ``scripts/``; its
-folder name is the package name.
+are any, 0 if none. ``PACKAGE_DIR`` defaults to the ``avret`` folder next to ``scripts/`` (and then
+``cli/`` beside it is checked too); its folder name is the package name.
 """
 
 from __future__ import annotations
@@ -35,6 +40,15 @@ LAYER_RULES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("index", ("train", "distill", "serve", "sentiment", "eval"), False),
     ("serve", ("train", "distill", "sentiment", "eval"), False),
 )
+
+
+#: The pipeline, first to last: a module imports only from its own stage or an earlier one.
+#: (models precede features: the encoders use THE CLIP loader; eval precedes train: training
+#: selects epochs on the evaluator's validation metric.)
+STAGES: tuple[str, ...] = ("errors", "utils", "io", "data", "models", "features", "losses", "eval", "train",
+                           "distill", "index", "serve", "sentiment", "experiment", "api")
+#: Names the command-line package may be imported under.
+CLI_PACKAGES = ("cli", "avret_cli")
 
 
 @dataclass(frozen=True)
@@ -211,6 +225,25 @@ def check(root: Path) -> list[str]:
                 if imp.module != mod:
                     out.append(f"private import: {rel[mod]}:{imp.line}: {name} from {imp.module}")
 
+    def stage(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 and parts[0] == pkg and parts[1] in STAGES else None
+
+    for mod in sorted(imports):
+        here = stage(mod)
+        for imp in imports[mod]:
+            if imp.module.split(".")[0] in CLI_PACKAGES:
+                out.append(f"cli import: {rel[mod]}:{imp.line}: the library imports {imp.module}")
+                continue
+            if here is None:
+                continue
+            target = next(iter(_targets(imp, modules)), imp.module)
+            there = stage(target)
+            if there is not None and STAGES.index(there) > STAGES.index(here):
+                kind = "module level" if imp.top_level else "in a function or type-only"
+                out.append(f"back-arrow: {rel[mod]}:{imp.line}: {here} imports {target} ({there}, a later stage; "
+                           f"{kind})")
+
     for layer, forbidden, top_only in LAYER_RULES:
         prefix = f"{pkg}.{layer}"
         for mod in sorted(imports):
@@ -230,6 +263,20 @@ def check(root: Path) -> list[str]:
     return out
 
 
+def check_cli(root: Path, library: str = "avret") -> list[str]:
+    """``cli/``: no import cycles among its modules, no private names taken from the library."""
+    root = Path(root).resolve()
+    graph, imports = import_graph(root)
+    out = [f"cycle: {' -> '.join(c)}" for c in find_cycles(graph)]
+    for mod in sorted(imports):
+        for imp in imports[mod]:
+            name = imp.name
+            if (imp.module == library or imp.module.startswith(library + ".")) and name and name.startswith("_") \
+                    and not (name.startswith("__") and name.endswith("__")):
+                out.append(f"private import: {mod}:{imp.line}: {name} from {imp.module}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the violations of the package folder (default: avret/ next to scripts/)."""
     args = sys.argv[1:] if argv is None else argv
@@ -238,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check_architecture: {root} is not a folder", file=sys.stderr)
         return 2
     violations = check(root)
+    cli_root = root.parent / "cli"
+    if not args and cli_root.is_dir():
+        violations += check_cli(cli_root, root.name)
     for line in violations:
         print(line)
     print(f"{len(violations)} violation(s) in {root.name}/", file=sys.stderr)

@@ -93,7 +93,10 @@ def test_checker_finds_cycle_private_import_and_layering(tmp_path, capsys):
     assert len(layering) == 2, found
     assert "avret/eval/metrics.py:3" in layering[0] and "avret.models" in layering[0]
     assert "avret/models/towers.py:2" in layering[1] and "avret.index.store" in layering[1]
-    assert len(found) == 4
+    back = [v for v in found if v.startswith("back-arrow:")]  # models -> index, models -> eval (in a function)
+    assert [v.split(":")[1:3] for v in back] == [[" avret/models/towers.py", "2"],
+                                                 [" avret/models/towers.py", "4"]], back
+    assert len(found) == 6
 
     assert checker.main([str(pkg)]) == 1
     printed = capsys.readouterr().out.splitlines()
@@ -106,10 +109,51 @@ def test_checker_passes_a_clean_package(tmp_path, capsys):
         {
             "avret/__init__.py": "",
             "avret/eval/__init__.py": "from avret.eval.m import f\n",
-            "avret/eval/m.py": "from avret.data import load\n\ndef f():\n    return load\n",
-            "avret/data.py": "def load():\n    from avret.eval import f  # function level: no cycle\n    return f\n",
+            "avret/eval/m.py": "from avret.eval.n import load\n\ndef f():\n    return load\n",
+            "avret/eval/n.py": "def load():\n    from avret.eval import f  # function level: no cycle\n    return f\n",
+            "avret/train/__init__.py": "from avret.eval import f  # a later stage imports an earlier one\n",
         },
     )
     assert checker.check(pkg) == []
     assert checker.main([str(pkg)]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_cli_has_no_architecture_violations():
+    assert checker.check_cli(REPO / "cli") == []
+
+
+def test_back_arrows_count_type_only_and_function_imports(tmp_path):
+    root = write_package(tmp_path, {
+        "avret/__init__.py": "from avret.distill import thing\n",  # the front door is exempt
+        "avret/losses/__init__.py": "",
+        "avret/losses/kd.py": """
+            from typing import TYPE_CHECKING
+            if TYPE_CHECKING:
+                from avret.train.towers import Batch
+            """,
+        "avret/data/__init__.py": "",
+        "avret/data/folder.py": "def f():\n    from avret.index.store import AVIndex\n",
+        "avret/train/__init__.py": "",
+        "avret/train/towers.py": "from avret.losses.kd import x\nBatch = 1\n",
+        "avret/index/__init__.py": "",
+        "avret/index/store.py": "import avret_cli.main\nAVIndex = 1\n",
+        "avret/distill/__init__.py": "thing = 1\n",
+    })
+    found = checker.check(root)
+    assert any(v.startswith("back-arrow: avret/losses/kd.py:4: losses imports avret.train.towers") for v in found)
+    assert any(v.startswith("back-arrow: avret/data/folder.py:2: data imports avret.index.store") for v in found)
+    assert any(v.startswith("cli import: avret/index/store.py:1") for v in found)
+    assert not any("train/towers.py" in v for v in found)  # train may import losses
+    assert not any("avret/__init__.py" in v for v in found)
+
+
+def test_cli_private_imports_and_cycles_are_found(tmp_path):
+    cli = tmp_path / "cli"
+    (cli).mkdir()
+    (cli / "__init__.py").write_text("")
+    (cli / "a.py").write_text("from .b import x\nfrom avret.io import _secret\n")
+    (cli / "b.py").write_text("from .a import y\nx = 1\n")
+    found = checker.check_cli(cli)
+    assert any(v.startswith("cycle: cli.a -> cli.b -> cli.a") or v.startswith("cycle: cli.b") for v in found), found
+    assert any("private import: cli.a:2: _secret from avret.io" in v for v in found)

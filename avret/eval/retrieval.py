@@ -58,8 +58,6 @@ __all__ = [
     "CrossModalReport",
     "RetrievalMetrics",
     "cross_modal_report",
-    "format_details",
-    "format_map_table",
     "retrieval_metrics",
 ]
 
@@ -705,5 +703,3 @@ def cross_modal_report(
     v2a = _retrieval_metrics(v, y, a, y, class_names, ks_t, chunk_size, shifted(n), n_workers)
     return CrossModalReport(audio_to_visual=a2v, visual_to_audio=v2a)
 
-
-from avret.eval.report import format_details, format_map_table  # noqa: E402  (re-export)
