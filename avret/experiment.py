@@ -14,15 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from avret.data.dataset import AVDataset
-from avret.eval.evaluate import ProgressFn, evaluate_model
+from avret.eval.evaluate import EvalEmbeddings, ProgressFn, evaluate_model
 from avret.eval.retrieval import CrossModalReport
 from avret.io import load_model, read_run
 
 
 def evaluate_paths(
-    paths: list[str | Path], dataset: AVDataset, split: str = "test", progress: ProgressFn | None = None
+    paths: list[str | Path], dataset: AVDataset, split: str = "test", progress: ProgressFn | None = None,
+    keep: list[EvalEmbeddings] | None = None,
 ) -> dict[str, CrossModalReport]:
-    """Evaluate each saved model (run directory or model directory); keys are row names."""
+    """Evaluate each saved model (run directory or model directory); keys are row names.
+
+    ``keep``: a list each model's ranked embeddings are appended to, in row order (for reports).
+    """
     rows: dict[str, CrossModalReport] = {}
     for path in paths:
         model = load_model(path)
@@ -31,7 +35,7 @@ def evaluate_paths(
         name = f"{model.model_type} ({'distill: ' + method if method not in ('none', '?') else 'no distillation'})"
         if name in rows:
             name = f"{name} [{Path(path).name}]"
-        rows[name] = evaluate_model(model, dataset, split, progress)
+        rows[name] = evaluate_model(model, dataset, split, progress, keep=keep)
     return rows
 
 
@@ -40,6 +44,7 @@ def protocol(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     train_kwargs: dict[str, Any] | None = None,
+    keep: list[EvalEmbeddings] | None = None,
 ) -> dict[str, CrossModalReport]:
     """Train towers and CCA on ``train`` (selection on ``val``), evaluate both on ``test``."""
     from avret.train.runs import train_run
@@ -53,5 +58,5 @@ def protocol(
             run = train_run(
                 dataset, Path(tmp) / model_type, model_type, TrainConfig(seed=seed, **(train_kwargs or {}))
             )
-            rows[f"{model_type} (trained here, seed {seed})"] = evaluate_model(load_model(run), dataset)
+            rows[f"{model_type} (trained here, seed {seed})"] = evaluate_model(load_model(run), dataset, keep=keep)
     return rows

@@ -25,6 +25,10 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Seed when training here (no --model)"),
     details: bool = typer.Option(False, "--details", help="Per-class AP, P@k and mAP@R"),
     json_out: Path | None = typer.Option(None, "--json-out", help="Write all metrics as JSON here"),
+    report: Path | None = typer.Option(None, "--report", help="Write an HTML report with plots into this directory "
+                                       "(precision-recall, per-class AP, confusions, best/worst queries)"),
+    compare: tuple[Path, Path] | None = typer.Option(None, "--compare", help="Two runs A B to put side by side "
+                                                     "(instead of --model; with --report: per-class gain)"),
 ) -> None:
     """Evaluate cross-modal retrieval: every test clip of one modality queries all of the other."""
     from avret.eval.report import format_details, format_map_table
@@ -32,6 +36,21 @@ def evaluate(
     from avret.io import RUN_FILE, load_model, read_run
     from avret.utils.atomic import write_json
 
+    if compare and all(c is not None for c in compare):
+        if model:
+            raise typer.BadParameter("give either --model (repeatable) or --compare A B, not both")
+        model = list(compare)
+    if report is not None:
+        from avret.eval.html_report import REPORT_FILE
+        from avret.utils.atomic import check_output
+
+        if dataset in ("mosi", "mosei"):
+            raise typer.BadParameter(f"--report: not available for --dataset {dataset}")
+        # Only an earlier report (or a new or empty directory) may be replaced, so a model or run
+        # directory never is; a report may live inside the run it reports (RUN/report, where
+        # avret serve looks for it), which changes nothing of that run's files.
+        check_output(report, "evaluation report", (REPORT_FILE,))
+    kept: list | None = [] if report is not None else None
     if dataset in ("mosi", "mosei"):
         from cli.sentiment import eval_dataset_command
 
@@ -47,9 +66,9 @@ def evaluate(
     status(ds.describe())
     with progress_bar("eval queries") as update:
         if model:
-            rows = evaluate_paths(model, ds, split, progress=lambda d, n: update(d, n))
+            rows = evaluate_paths(model, ds, split, progress=lambda d, n: update(d, n), keep=kept)
         else:
-            rows = protocol(ds, seed=seed, progress=status)
+            rows = protocol(ds, seed=seed, progress=status, keep=kept)
     title = f"{ds.name} {split} split: {int((ds.split == split).sum())} clips per modality"
     typer.echo(format_map_table(rows, title=title, synthetic=ds.synthetic))
     if details:
@@ -59,3 +78,12 @@ def evaluate(
         write_json(json_out, {"dataset": ds.name, "synthetic": ds.synthetic, "split": split,
                               "rows": {name: rep.to_dict() for name, rep in rows.items()}})
         typer.echo(f"wrote {json_out}")
+    if report is not None and kept is not None:
+        from avret.eval.html_report import ReportModel, write_report
+
+        paths = [str(m) for m in model] if model else ["trained here"] * len(rows)
+        entries = [ReportModel(name, path, rep, emb)
+                   for (name, rep), path, emb in zip(rows.items(), paths, kept, strict=True)]
+        status("drawing the report")
+        write_report(report, entries, dataset=ds.name, split=split, synthetic=ds.synthetic, compare=bool(compare))
+        typer.echo(f"wrote {report}/index.html")
