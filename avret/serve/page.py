@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field
 
 from avret.errors import AvretError, QueryError, UnknownClipError
 from avret.index.manifest import QUERY_FOR
@@ -41,6 +42,40 @@ REPORT_PAGE = "index.html"
 DEFAULT_REPORT_DIR = "report"
 #: Galleries larger than this get no per-query AP on the query card (a full ranking per click).
 MAX_STATS_GALLERY = 200_000
+
+
+class ClipStats(BaseModel):
+    """A clip's own retrieval quality as a query over the whole index (the index knows its class)."""
+
+    ap: float
+    precision_at_k: float
+    n_relevant: int
+    n_gallery: int
+
+
+class ClipCard(BaseModel):
+    """``GET /clip/{clip_id}``: one indexed clip as a query (URLs are null when it has no media)."""
+
+    clip_id: str
+    direction: str
+    k: int
+    class_: str | None = Field(None, alias="class", description="the clip's class (null when unlabelled)")
+    stats: ClipStats | None = None
+    media_url: str | None = None
+    poster_url: str | None = None
+    spectrogram_url: str | None = None
+
+
+class PageLinks(BaseModel):
+    """``GET /page/links``: the evaluation report of the index's model, or null."""
+
+    report: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx answer: one line."""
+
+    error: str
 
 
 def configure_request_log(level: int = logging.INFO) -> None:
@@ -143,7 +178,12 @@ def install(app: FastAPI, searcher: Searcher, authorize: Callable[..., Any], *, 
         return Response((static / "favicon.svg").read_bytes(), media_type="image/svg+xml",
                         headers={"Cache-Control": "max-age=86400"})
 
-    @app.get("/clip/{clip_id:path}", dependencies=auth)
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody, "description": what}
+        for code, what in ((400, "bad request"), (401, "missing or wrong token"), (404, "unknown clip"),
+                           (422, "invalid parameter"))}
+
+    @app.get("/clip/{clip_id:path}", dependencies=auth, response_model=ClipCard, responses=errors)
     def clip(clip_id: str, direction: Literal["audio-to-video", "video-to-audio"] = Query(...),
              k: int = Query(10, ge=1, le=1000)) -> dict[str, Any]:
         """One indexed clip as a query: class, media/preview URLs, its own AP and P@k when its class is known."""
@@ -166,18 +206,20 @@ def install(app: FastAPI, searcher: Searcher, authorize: Callable[..., Any], *, 
         return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/poster/{clip_id:path}", dependencies=auth, response_class=Response,
-             responses={200: {"content": {"image/png": {}}}, 404: {"description": "no media or no video track"}})
+             responses={200: {"content": {"image/png": {}}}, 401: errors[401],
+                        404: {"model": ErrorBody, "description": "no media or no video track"}})
     def poster(clip_id: str) -> Response:
         """A frame from the clip's video (PNG)."""
         return preview("poster", clip_id)
 
     @app.get("/spectrogram/{clip_id:path}", dependencies=auth, response_class=Response,
-             responses={200: {"content": {"image/png": {}}}, 404: {"description": "no media or no audio track"}})
+             responses={200: {"content": {"image/png": {}}}, 401: errors[401],
+                        404: {"model": ErrorBody, "description": "no media or no audio track"}})
     def spectrogram(clip_id: str) -> Response:
         """A spectrogram of the clip's sound (PNG)."""
         return preview("spectrogram", clip_id)
 
-    @app.get("/page/links", dependencies=auth)
+    @app.get("/page/links", dependencies=auth, response_model=PageLinks, responses={401: errors[401]})
     def links() -> dict[str, Any]:
         """Links the page shows: the evaluation report of the index's model (null when none)."""
         return {"report": f"/report/{REPORT_PAGE}" if report is not None else None}
@@ -192,5 +234,5 @@ def install(app: FastAPI, searcher: Searcher, authorize: Callable[..., Any], *, 
         return FileResponse(path)
 
 
-__all__ = ["DEFAULT_REPORT_DIR", "REPORT_FILE", "REPORT_PAGE", "clip_stats", "configure_request_log", "find_report",
-           "install"]
+__all__ = ["DEFAULT_REPORT_DIR", "REPORT_FILE", "REPORT_PAGE", "ClipCard", "ClipStats", "PageLinks", "clip_stats",
+           "configure_request_log", "find_report", "install"]

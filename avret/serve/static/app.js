@@ -260,6 +260,7 @@ $("by-id").addEventListener("submit", (ev) => {
   try {
     const ids = $("clip-id").value.split(",").map((s) => s.trim()).filter((s) => s);
     if (!ids.length) throw new Error("clip id: enter a clip id of the index");
+    if (ids.length > 1) throw new Error("clip id: one clip id at a time here (POST /search takes many)");
     search(stateFromControls(ids[0]), true);
   } catch (err) {
     showError(err.message);
