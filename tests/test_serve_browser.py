@@ -113,10 +113,13 @@ def _api_search(server, body: dict, token: str | None = None) -> dict:
         return json.loads(r.read())
 
 
-def _wait_for_query(page, clip_id: str) -> None:
-    page.wait_for_function("(id) => { const h = document.querySelector('.query-head');"
+def _wait_for_query(page, clip_id: str, direction: str = "") -> None:
+    """Until the page shows the results of a search from ``clip_id`` (in ``direction`` when given)."""
+    page.wait_for_function("([id, dir]) => { const h = document.querySelector('.query-head');"
+                           " const r = document.querySelector('.results-head');"
                            " return h && h.textContent === 'Query ' + id && document.querySelector('.card.hit')"
-                           " && !document.querySelector('#busy').offsetParent; }", arg=clip_id)
+                           " && r && r.textContent.includes('(' + dir)"
+                           " && !document.querySelector('#busy').offsetParent; }", arg=[clip_id, direction])
 
 
 def test_page_searches_by_clip_id_and_shows_errors(browser, synth_server, tiny_synth):
@@ -182,15 +185,16 @@ def test_clicking_a_result_searches_from_it_and_the_url_reproduces_it(browser, s
     # the other direction from a result's button
     page.click(".card.hit .search-other")
     page.wait_for_function("location.search.includes('dir=a2v')")
+    _wait_for_query(page, page.evaluate("new URLSearchParams(location.search).get('q')"), "audio-to-video")
     other = page.url
 
     # back goes to the previous search; the URL opened anew reproduces the search
     page.go_back()
-    _wait_for_query(page, target)
+    _wait_for_query(page, target, "video-to-audio")
     assert [c["id"] for c in _cards(page)] == [c["id"] for c in second]
     fresh = browser.new_page()
     fresh.goto(page.url)
-    _wait_for_query(fresh, target)
+    _wait_for_query(fresh, target, "video-to-audio")
     assert [c["id"] for c in _cards(fresh)] == [c["id"] for c in second]
     assert fresh.input_value("#direction") == "video-to-audio"
     fresh.goto(other)
@@ -236,7 +240,7 @@ def test_page_shows_media_previews_and_searches_by_upload(browser, media_server,
 
     # video -> audio: the gallery cards show spectrograms
     page.click(f".card.hit[data-clip-id='{clip}'] .search-other")
-    _wait_for_query(page, clip)
+    _wait_for_query(page, clip, "video-to-audio")
     page.wait_for_function("[...document.querySelectorAll('.card.hit img.spectrogram')].every(i => i.naturalWidth > 0)")
     assert page.query_selector(".query-card video[controls]") is not None
 
