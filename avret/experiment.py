@@ -10,15 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from avret.data.dataset import AVDataset
-from avret.eval.evaluate import ProgressFn, evaluate_model
+from avret.eval.evaluate import EvalEmbeddings, ProgressFn, evaluate_model
 from avret.eval.retrieval import CrossModalReport
 from avret.io import load_model, read_run
 
 
 def evaluate_paths(
-    paths: list[str | Path], dataset: AVDataset, split: str = "test", progress: ProgressFn | None = None
+    paths: list[str | Path], dataset: AVDataset, split: str = "test", progress: ProgressFn | None = None,
+    keep: list[EvalEmbeddings] | None = None,
 ) -> dict[str, CrossModalReport]:
-    """Evaluate each saved model (run directory or model directory); keys are row names."""
+    """Evaluate each saved model (run directory or model directory); keys are row names.
+
+    ``keep``: a list each model's ranked embeddings are appended to, in row order (for reports).
+    """
     rows: dict[str, CrossModalReport] = {}
     for path in paths:
         model = load_model(path)
@@ -27,5 +31,5 @@ def evaluate_paths(
         name = f"{model.model_type} ({'distill: ' + method if method not in ('none', '?') else 'no distillation'})"
         if name in rows:
             name = f"{name} [{Path(path).name}]"
-        rows[name] = evaluate_model(model, dataset, split, progress)
+        rows[name] = evaluate_model(model, dataset, split, progress, keep=keep)
     return rows

@@ -25,6 +25,10 @@ def evaluate(
     details: bool = typer.Option(False, "--details", help="Per-class AP, P@k and mAP@R (and, in --json-out, "
                                  "every query's AP with the query ids)"),
     json_out: Path | None = typer.Option(None, "--json-out", help="Write all metrics as JSON here"),
+    report: Path | None = typer.Option(None, "--report", help="Write an HTML report with plots into this directory "
+                                       "(precision-recall, per-class AP, confusions, best/worst queries)"),
+    compare: tuple[Path, Path] | None = typer.Option(None, "--compare", help="Two runs A B to put side by side "
+                                                     "(instead of --model; with --report: per-class gain)"),
 ) -> None:
     """Evaluate cross-modal retrieval: every test clip of one modality queries all of the other."""
     from avret.eval.report import format_details, format_map_table
@@ -32,6 +36,21 @@ def evaluate(
     from avret.io import RUN_FILE, load_model, read_run
     from avret.utils.atomic import write_json
 
+    if compare and all(c is not None for c in compare):
+        if model:
+            raise typer.BadParameter("give either --model (repeatable) or --compare A B, not both")
+        model = list(compare)
+    if report is not None:
+        from avret.eval.html_report import REPORT_FILE
+        from avret.utils.atomic import check_output
+
+        if dataset in ("mosi", "mosei"):
+            raise typer.BadParameter(f"--report: not available for --dataset {dataset}")
+        # Only an earlier report (or a new or empty directory) may be replaced, so a model or run
+        # directory never is; a report may live inside the run it reports (RUN/report, where
+        # avret serve looks for it), which changes nothing of that run's files.
+        check_output(report, "evaluation report", (REPORT_FILE,))
+    kept: list | None = [] if report is not None else None
     if dataset in ("mosi", "mosei"):
         from .sentiment import eval_dataset_command
 
@@ -47,7 +66,7 @@ def evaluate(
     ds = open_dataset(dataset_of_models(dataset, model, synth_clips, synth_seed), data, synth_clips, synth_seed)
     status(ds.describe())
     with progress_bar("eval queries") as update:
-        rows = evaluate_paths(model, ds, split, progress=lambda d, n: update(d, n))
+        rows = evaluate_paths(model, ds, split, progress=lambda d, n: update(d, n), keep=kept)
     flush_status()
     title = f"{ds.name} {split} split: {int((ds.split == split).sum())} clips per modality"
     typer.echo(format_map_table(rows, title=title, synthetic=ds.synthetic))
@@ -61,3 +80,12 @@ def evaluate(
             record["query_ids"] = ds.subset(split).clip_ids.tolist()
         write_json(json_out, record)
         result(f"wrote {json_out}")
+    if report is not None and kept is not None:
+        from avret.eval.html_report import ReportModel, write_report
+
+        paths = [str(m) for m in model]
+        entries = [ReportModel(name, path, rep, emb)
+                   for (name, rep), path, emb in zip(rows.items(), paths, kept, strict=True)]
+        status("drawing the report")
+        write_report(report, entries, dataset=ds.name, split=split, synthetic=ds.synthetic, compare=bool(compare))
+        result(f"wrote {report}/index.html")

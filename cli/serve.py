@@ -31,6 +31,8 @@ def serve(
     max_seconds: float = typer.Option(60.0, "--max-seconds", help="Media queries: seconds of the file used"),
     device: str = typer.Option("cpu", "--device", help="FAISS device: cpu | cuda | auto"),
     workers_threads: int = typer.Option(40, "--threads", help="Request threads (searches and media decoding)"),
+    report: Path | None = typer.Option(None, "--report", help="Evaluation report to link from the page (from avret "
+                                       "eval --report; default: MODEL_RUN/report when it reports this model)"),
 ) -> None:
     """Serve search over HTTP (JSON API + web page) on 127.0.0.1:8000 by default."""
     from avret.errors import AvretError
@@ -53,12 +55,19 @@ def serve(
     index = default_path(index, DEMO_INDEX, "index")
     searcher = Searcher(index, model=model, device=device, features=features, media_root=media_root,
                         load_model=True, max_query_seconds=max_seconds)
-    app = create_app(searcher, token=token, max_upload_bytes=int(max_upload_mb * 2**20), threads=workers_threads)
+    from avret.serve.page import configure_request_log, find_report
+
+    report_dir = find_report(searcher, report)
+    app = create_app(searcher, token=token, max_upload_bytes=int(max_upload_mb * 2**20), threads=workers_threads,
+                     report=report_dir)
+    configure_request_log()
 
     info = searcher.info()
     counts = ", ".join(f"{v['count']} {m}" for m, v in info["indexes"].items())
     typer.echo(f"serving {index} ({counts}; media for {info['media']['clips']} clips) on "
                f"http://{_url_host(host)}:{port}/  (API docs: /docs; Ctrl-C stops)", err=True)
+    if report_dir is not None:
+        typer.echo(f"evaluation report: {report_dir} (linked from the page at /report/)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

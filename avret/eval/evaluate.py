@@ -9,6 +9,7 @@ saved models and training them for a benchmark live in :mod:`avret.experiment`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,14 +27,32 @@ class Embeds(Protocol):
     def embed(self, modality: str, features: np.ndarray, batch_size: int = ...) -> np.ndarray: ...
 
 
+@dataclass
+class EvalEmbeddings:
+    """What an evaluation ranked: the split's paired embeddings, labels, ids and (when known) media
+    files, and the evaluated model's fingerprint (what ``avret eval --report`` draws its plots from)."""
+
+    audio: np.ndarray
+    visual: np.ndarray
+    labels: np.ndarray
+    clip_ids: np.ndarray
+    class_names: list[str]
+    media: np.ndarray | None = None
+    fingerprint: str | None = None
+
+
 def evaluate_model(
     model: Embeds | Any,
     dataset: AVDataset,
     split: str = "test",
     progress: ProgressFn | None = None,
     ks: tuple[int, ...] = (1, 5, 10, 50, 100),
+    keep: list[EvalEmbeddings] | None = None,
 ) -> CrossModalReport:
-    """A→V and V→A retrieval metrics of ``model`` on ``dataset``'s ``split``."""
+    """A→V and V→A retrieval metrics of ``model`` on ``dataset``'s ``split``.
+
+    ``keep``: a list the embeddings that were ranked are appended to (:class:`EvalEmbeddings`).
+    """
     test = dataset.subset(split)
     if len(test) == 0:
         raise DataError(f"{dataset.name}: split '{split}' is empty; nothing to evaluate")
@@ -41,4 +60,10 @@ def evaluate_model(
         raise DataError(f"{dataset.name}: split '{split}' has unlabelled clips; mAP needs a label per clip")
     audio = model.embed("audio", test.audio)
     visual = model.embed("visual", test.visual)
-    return cross_modal_report(audio, visual, test.labels, test.class_names, ks=ks, progress=progress)
+    report = cross_modal_report(audio, visual, test.labels, test.class_names, ks=ks, progress=progress)
+    if keep is not None:
+        fingerprint = model.fingerprint() if hasattr(model, "fingerprint") else None
+        keep.append(EvalEmbeddings(np.asarray(audio), np.asarray(visual), np.asarray(test.labels),
+                                   np.asarray(test.clip_ids).astype(str), list(test.class_names),
+                                   None if test.media is None else np.asarray(test.media).astype(str), fingerprint))
+    return report

@@ -11,7 +11,8 @@ Endpoints (``/docs`` has the OpenAPI page FastAPI generates):
 * ``GET /media/{clip_id}``: the clip's media file, with HTTP range requests (``<audio>``/``<video>``
   seek). The file comes only from the index's own clip → path table and must lie under the media
   root: nothing from the request ever becomes a path;
-* ``GET /``: the page (static HTML/CSS/JS, no build step).
+* ``GET /``: the page (static HTML/CSS/JS, no build step); the routes only the page needs (clip
+  cards, previews, the report link, the favicon) and the request log live in :mod:`avret.serve.page`.
 
 Answers have the shape of ``avret search --json`` plus ``media_url`` on hits that have media.
 Every bad request is a 4xx with a one-line JSON body ``{"error": "..."}``, and the server goes on
@@ -78,8 +79,10 @@ def create_app(
     token: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
     threads: int | None = None,
+    report: Path | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving ``searcher`` (see the module docstring); ``threads`` sizes the request pool."""
+    """The FastAPI app serving ``searcher`` (see the module docstring); ``threads`` sizes the request pool;
+    ``report`` is an evaluation report directory the page links to (:mod:`avret.serve.page`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -175,10 +178,16 @@ def create_app(
         if suffix not in MEDIA_SUFFIXES:
             raise HTTPException(status_code=415, detail=f"file {name!r}: expected one of {sorted(MEDIA_SUFFIXES)}")
         wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+        if searcher.features is None:
+            raise HTTPException(status_code=400, detail="this index cannot embed uploaded media (it was built "
+                                "without the feature extractors); search by clip id instead")
         with tempfile.TemporaryDirectory(prefix="avret-upload-") as tmp:
             path = Path(tmp) / f"query{suffix}"
             _copy_limited(file, path, max_upload_bytes)
-            answer = searcher.search_media(direction, path, k, classes=wanted, name=name)
+            try:
+                answer = searcher.search_media(direction, path, k, classes=wanted, name=name)
+            except AvretError as exc:  # name the upload, never the server's temporary path
+                raise type(exc)(str(exc).replace(str(path), name).replace(tmp, "")) from None
         return answer.to_json(media_url)
 
     @app.get("/media/{clip_id:path}", dependencies=[Depends(authorize)])
@@ -195,6 +204,9 @@ def create_app(
     def page() -> HTMLResponse:
         return HTMLResponse((static / "index.html").read_text(encoding="utf-8"))
 
+    from avret.serve.page import install as install_page_routes
+
+    install_page_routes(app, searcher, authorize, report=report)
     return app
 
 
