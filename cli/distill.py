@@ -18,6 +18,7 @@ from .options import (
     PrecisionOpt,
     SynthClipsOpt,
     SynthSeedOpt,
+    inputs,
     open_dataset,
     with_frames,
 )
@@ -67,9 +68,10 @@ def distill(
     from avret.distill.pipeline import DistillConfig, run_distillation
     from avret.io import read_run
     from avret.train.tower_training import TrainConfig
-    from avret.utils.atomic import RUN_MARKERS, check_output
+    from avret.utils.atomic import RUN_KIND, check_output
 
-    check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before the data set is built
+    check_output(out, RUN_KIND, overwrite=overwrite,  # before the data set is built
+                 reads=inputs(dataset, data, frames, clip_weights, clip_model))
     epochs = TrainConfig.epochs if epochs is None else epochs
     batch_size = TrainConfig.batch_size if batch_size is None else batch_size
     for value, option in ((epochs, "--epochs"), (teacher_epochs, "--teacher-epochs"),

@@ -24,6 +24,21 @@ FramesOpt = typer.Option(None, "--frames", help="Teacher frame embeddings for th
                          "order, .npz/.h5 with teacher_frames [teacher_mask, clip_ids], or a features folder")
 
 
+def inputs(*values: str | Path | None) -> tuple[Path, ...]:
+    """The command-line values that name existing files or folders (the inputs an output may not touch:
+    :func:`avret.utils.atomic.check_output`'s ``reads``)."""
+    out = []
+    for v in values:
+        if v is None or str(v) == "" or "\0" in str(v):
+            continue
+        try:
+            if Path(v).exists() or Path(v).is_symlink():
+                out.append(Path(v))
+        except (OSError, ValueError):
+            continue
+    return tuple(out)
+
+
 def open_dataset(dataset: str, data: Path | None, synth_clips: int | None, synth_seed: int | None) -> AVDataset:
     """Load the data set named on the command line."""
     from avret.data import SynthConfig, load_dataset

@@ -20,6 +20,7 @@ from .options import (
     PrecisionOpt,
     SynthClipsOpt,
     SynthSeedOpt,
+    inputs,
     open_dataset,
 )
 from .progress import rank0_output, result
@@ -45,9 +46,9 @@ def train(
     from avret.io import read_run
     from avret.train.runs import train_run
     from avret.train.tower_training import TrainConfig
-    from avret.utils.atomic import RUN_MARKERS, check_output
+    from avret.utils.atomic import RUN_KIND, check_output
 
-    check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before the data set is built
+    check_output(out, RUN_KIND, overwrite=overwrite, reads=inputs(dataset, data))  # before the data set is built
     epochs = TrainConfig.epochs if epochs is None else epochs
     batch_size = TrainConfig.batch_size if batch_size is None else batch_size
     require_int(epochs, "--epochs")

@@ -68,7 +68,7 @@ from avret.features.shards import (
     write_shard,
 )
 from avret.models.clip import resolve_model_name
-from avret.utils.atomic import check_writable, sweep_temporaries
+from avret.utils.atomic import FEATURES_KIND, check_output, mark_output, output_kind, sweep_temporaries
 from avret.utils.device import resolve_device
 from avret.utils.versions import FEATURES_LIBRARIES, library_versions
 
@@ -584,6 +584,8 @@ class ExtractPlan:
     def start_writing(self) -> None:
         """Record the settings in the shard folder; call once the models have loaded, before the first shard."""
         record_settings(self.shard_dir, self.settings)
+        if output_kind(self.out_dir) is None:
+            mark_output(self.out_dir, FEATURES_KIND)
 
     def store_group(self, arrays: dict[str, np.ndarray]) -> int:
         """Write one shard (arrays of :meth:`FeatureExtractor.encode_group`); returns its number of clips."""
@@ -611,7 +613,10 @@ def plan_extraction(media: Sequence[str | Path], out_dir: str | Path, config: Ex
     labels = _read_labels(config.labels)
     settings = config.model_settings()
     check_settings(shard_dir, settings)  # reads only: a refused run writes nothing
-    check_writable(out_dir)  # a read-only or forbidden --out: one line before any media is decoded
+    # an earlier features folder (resumed), a new or empty one; never a user's folder or one inside the inputs;
+    # a read-only or forbidden --out: one line before any media is decoded
+    check_output(out_dir, FEATURES_KIND, reads=(*media, config.labels, config.clip_weights,
+                                                config.vggish, config.vggish_pca))
     sweep_temporaries(shard_dir)  # shards a killed run was writing
 
     done = read_done(shard_dir)
