@@ -14,10 +14,12 @@ Endpoints (``/docs`` has the OpenAPI page FastAPI generates):
 * ``GET /``: the page (static HTML/CSS/JS, no build step).
 
 Answers have the shape of ``avret search --json`` plus ``media_url`` on hits that have media.
-Every bad request is a 4xx with a one-line JSON body ``{"error": "..."}``, and the server goes on
-serving. With a token, every endpoint but ``/health`` needs ``Authorization: Bearer TOKEN`` or
+Every bad request is a 4xx with a one-line JSON body ``{"error": "..."}`` (the :class:`ErrorBody`
+of the OpenAPI schema), and the server goes on serving. With a token, every endpoint but ``/health``
+and the page shell (``/``, ``/static/*``: no data) needs ``Authorization: Bearer TOKEN`` or
 ``?token=TOKEN`` (the page passes it on, also to media URLs, which a media element cannot send
-headers for).
+headers for) — ``/openapi.json`` and ``/docs`` too. The token is checked before any body is read,
+and bodies are counted while they stream in (:mod:`avret.serve.guard`).
 
 Searches run in FastAPI's thread pool; the :class:`Searcher` is thread-safe and a media upload's
 decoding holds no lock, so searches are not serialised behind it.
@@ -35,9 +37,11 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -45,6 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from avret.errors import AvretError, UnknownClipError
 from avret.index.query import MEDIA_SUFFIXES
 from avret.index.searcher import Searcher
+from avret.serve.guard import UNAUTHORIZED, RequestGuard, token_of
 
 #: Largest accepted upload, bytes (``avret serve --max-upload-mb``).
 DEFAULT_MAX_UPLOAD = 50 * 2**20
@@ -57,19 +62,49 @@ _COPY_CHUNK = 1 << 20
 
 
 class SearchRequest(BaseModel):
-    """Body of ``POST /search``: exactly one of ``clip_ids`` and ``vectors``."""
+    """Body of ``POST /search``: exactly one of ``clip_ids`` and ``vectors`` (the schema's ``oneOf``).
 
-    model_config = ConfigDict(extra="forbid")
+    ``k`` larger than the gallery returns the whole gallery; ``classes`` (at least one name) filters
+    the results to those classes.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["clip_ids"], "not": {"required": ["vectors"]}},
+                  {"required": ["vectors"], "not": {"required": ["clip_ids"]}}]})
 
     direction: Literal["audio-to-video", "video-to-audio"]
-    clip_ids: list[str] | None = Field(default=None, max_length=MAX_QUERIES)
-    vectors: list[list[float]] | None = Field(default=None, max_length=MAX_QUERIES)
+    clip_ids: list[str] = Field(default=None, min_length=1, max_length=MAX_QUERIES)  # type: ignore[assignment]
+    vectors: list[list[float]] = Field(default=None, min_length=1,  # type: ignore[assignment]
+                                       max_length=MAX_QUERIES)
     k: int = Field(default=10, ge=1, le=MAX_K)
-    classes: list[str] | None = None
+    classes: list[str] = Field(default=None, min_length=1)  # type: ignore[assignment]
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": " ".join(str(message).split())})
+class ErrorBody(BaseModel):
+    """Every error answer: one line of text naming what was wrong."""
+
+    error: str
+
+
+class HealthBody(BaseModel):
+    status: Literal["ok"]
+
+
+#: The error answers every protected endpoint documents (status → description).
+ERRORS = {400: "bad request: malformed body, unknown class, wrong vector width, undecodable upload",
+          401: "missing or wrong token", 413: "request body larger than the limit",
+          422: "request does not match the schema"}
+
+
+def _responses(*extra: int) -> dict[int | str, dict[str, Any]]:
+    codes = {**ERRORS, **{c: {404: "unknown clip id", 415: "unsupported media type"}[c] for c in extra}}
+    out: dict[int | str, dict[str, Any]] = {c: {"model": ErrorBody, "description": d} for c, d in codes.items()}
+    out[401]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}}
+    return out
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": " ".join(str(message).split())}, headers=headers)
 
 
 def create_app(
@@ -88,16 +123,18 @@ def create_app(
         yield
 
     app = FastAPI(title="avret", version=_version(), summary="Audio-visual retrieval: which videos sound like this?",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.searcher = searcher
+    # the token before any body, bodies counted while they stream in, plain-text errors as JSON
+    app.add_middleware(RequestGuard, token=token, max_upload_bytes=max_upload_bytes, upload_paths=("/search/media",))
+    bearer = HTTPBearer(auto_error=False, description="the token of `avret serve --token`")
+    query_token = APIKeyQuery(name="token", auto_error=False, description="the token (for media elements)")
 
-    async def authorize(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
-        if not secrets.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong token (Authorization: Bearer TOKEN)")
+    async def authorize(request: Request, _b: HTTPAuthorizationCredentials | None = Security(bearer),
+                        _q: str | None = Security(query_token)) -> None:
+        # RequestGuard refuses a wrong token before the body is read; this documents it in the schema
+        if token is not None and not secrets.compare_digest(token_of(request.scope).encode(), token.encode()):
+            raise HTTPException(status_code=401, detail=UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(AvretError)
     async def _avret_error(_: Request, exc: AvretError) -> JSONResponse:
@@ -105,16 +142,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
-
-    @app.middleware("http")
-    async def _upload_limit(request: Request, call_next: Any) -> Any:
-        # Refuse an oversized upload before its body is parsed (the copy below also counts bytes,
-        # for clients that send no Content-Length).
-        length = request.headers.get("content-length", "")
-        if request.url.path == "/search/media" and length.isdigit() and int(length) > max_upload_bytes + 65536:
-            return _error(413, f"upload of {length} bytes is larger than the limit of {max_upload_bytes} bytes")
-        return await call_next(request)
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))  # Allow on 405
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -125,11 +153,17 @@ def create_app(
     def media_url(clip_id: str) -> str | None:
         return f"/media/{quote(clip_id, safe='')}" if searcher.media_path(clip_id) is not None else None
 
-    @app.get("/health")
+    @app.get("/health", response_model=HealthBody)
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/info", dependencies=[Depends(authorize)])
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:  # RequestGuard asked for the token; the page passes it on
+        given = token_of(request.scope)
+        url = app.openapi_url + (f"?token={quote(given, safe='')}" if token is not None else "")
+        return get_swagger_ui_html(openapi_url=url, title="avret API")
+
+    @app.get("/info", dependencies=[Depends(authorize)], responses=_responses())
     def info() -> dict[str, Any]:
         out = searcher.info()
         first = next(iter(searcher.indexes.values()))
@@ -138,10 +172,11 @@ def create_app(
                          "media_suffixes": sorted(MEDIA_SUFFIXES)}
         return out
 
-    @app.post("/search", dependencies=[Depends(authorize)])
+    @app.post("/search", dependencies=[Depends(authorize)], responses=_responses(404))
     async def search(req: SearchRequest) -> JSONResponse:
         if (req.clip_ids is None) == (req.vectors is None):
             raise HTTPException(status_code=422, detail="give exactly one of 'clip_ids' and 'vectors'")
+        req.k = min(req.k, searcher.gallery(req.direction).count)  # k beyond the gallery: all of it
 
         def run() -> dict[str, Any]:
             if req.clip_ids is not None:
@@ -163,7 +198,7 @@ def create_app(
         cheap = req.clip_ids is not None and len(req.clip_ids) * gallery.count <= INLINE_SEARCH_WORK
         return JSONResponse(run() if cheap else await anyio.to_thread.run_sync(run))
 
-    @app.post("/search/media", dependencies=[Depends(authorize)])
+    @app.post("/search/media", dependencies=[Depends(authorize)], responses=_responses(415))
     def search_media(
         file: UploadFile = File(..., description="a wav/mp4/... file"),
         direction: Literal["audio-to-video", "video-to-audio"] = Form(...),
@@ -175,13 +210,19 @@ def create_app(
         if suffix not in MEDIA_SUFFIXES:
             raise HTTPException(status_code=415, detail=f"file {name!r}: expected one of {sorted(MEDIA_SUFFIXES)}")
         wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+        k = min(k, searcher.gallery(direction).count)
         with tempfile.TemporaryDirectory(prefix="avret-upload-") as tmp:
             path = Path(tmp) / f"query{suffix}"
             _copy_limited(file, path, max_upload_bytes)
-            answer = searcher.search_media(direction, path, k, classes=wanted, name=name)
+            try:
+                answer = searcher.search_media(direction, path, k, classes=wanted, name=name)
+            except AvretError as exc:  # never the server's temporary path in an answer
+                raise HTTPException(status_code=404 if isinstance(exc, UnknownClipError) else 400,
+                                    detail=str(exc).replace(str(path), name).replace(tmp, ".")) from None
         return answer.to_json(media_url)
 
-    @app.get("/media/{clip_id:path}", dependencies=[Depends(authorize)])
+    @app.get("/media/{clip_id:path}", dependencies=[Depends(authorize)], responses=_responses(404),
+             response_class=FileResponse)
     def media(clip_id: str) -> FileResponse:
         path = searcher.media_path(clip_id)
         if path is None:
@@ -217,4 +258,4 @@ def _version() -> str:
     return str(avret.__version__)
 
 
-__all__ = ["DEFAULT_MAX_UPLOAD", "MAX_K", "SearchRequest", "create_app"]
+__all__ = ["DEFAULT_MAX_UPLOAD", "MAX_K", "ErrorBody", "SearchRequest", "create_app"]

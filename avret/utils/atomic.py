@@ -229,10 +229,10 @@ def check_writable(path: str | os.PathLike[str]) -> None:
         for dead in d.glob(f".{glob_escape(path.name)}.tmp-*-probe-*"):  # probes of killed processes
             pid = temp_owner(dead.name)
             if pid is not None and not pid_alive(pid) and own_temporary(dead):
-                shutil.rmtree(dead, ignore_errors=True)
+                remove_temporary(dead)
         try:
             probe = make_temp_dir(d, f".{path.name}.tmp-{os.getpid()}-probe-")
-            shutil.rmtree(probe)
+            remove_temporary(probe)
         except OSError as exc:
             reason = DISK_ERRNOS.get(exc.errno or 0, exc.strerror or str(exc))
             raise AvretError(f"--out {path}: cannot write in {d} ({reason}); choose another --out") from None
@@ -283,9 +283,39 @@ def make_temp_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
 
 
 def own_temporary(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a temporary directory avret made (it carries :data:`TEMP_MARKER`)."""
+    """Whether ``path`` is a temporary directory avret made: it carries :data:`TEMP_MARKER`, or it is
+    an empty directory (what :func:`remove_temporary` killed after the marker leaves; nothing to lose)."""
     path = Path(path)
-    return path.is_dir() and not path.is_symlink() and (path / TEMP_MARKER).is_file()
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if (path / TEMP_MARKER).is_file():
+        return True
+    try:
+        return not any(path.iterdir())
+    except OSError:
+        return False
+
+
+def remove_temporary(path: str | os.PathLike[str]) -> None:
+    """Remove an avret temporary directory, its :data:`TEMP_MARKER` last (a removal killed half-way
+    leaves a directory that is still recognised as avret's)."""
+    path = Path(path)
+    try:
+        children = list(path.iterdir())
+    except OSError:
+        return
+    for child in children:
+        if child.name == TEMP_MARKER:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                child.unlink()
+    with contextlib.suppress(OSError):
+        (path / TEMP_MARKER).unlink()
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 def is_vacant(path: str | os.PathLike[str]) -> bool:
@@ -375,10 +405,12 @@ def recover_output(final: str | os.PathLike[str]) -> None:
             continue
         if not final.exists() and (old / "x").exists():
             os.replace(old / "x", final)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_temporary(old)
     for tmp, pid in _leftovers(final, "tmp"):
         if not pid_alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_temporary(tmp)
+    if final.is_dir() and not final.is_symlink() and (final / TEMP_MARKER).is_file():
+        (final / TEMP_MARKER).unlink()  # renamed into place, killed before its marker was removed
 
 
 def sweep_temporaries(directory: str | os.PathLike[str]) -> None:
@@ -439,10 +471,9 @@ def atomic_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterato
         final.parent.mkdir(parents=True, exist_ok=True)
         recover_output(final)
         tmp = make_temp_dir(final.parent, f".{final.name}.tmp-{os.getpid()}-")
-        with disk_errors(final, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+        with disk_errors(final, cleanup=lambda: remove_temporary(tmp)):
             tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; outputs follow the user's umask
             yield tmp  # the block writes beside the marker (readers of the tree skip TEMP_MARKER)
-            (tmp / TEMP_MARKER).unlink()  # the output carries no marker
             fsync_tree(tmp)
             if final.exists() or final.is_symlink():
                 if not overwrite:
@@ -451,10 +482,11 @@ def atomic_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterato
                 os.replace(final, old / "x")
                 os.replace(tmp, final)
                 fsync_dir(final.parent)
-                shutil.rmtree(old, ignore_errors=True)
+                remove_temporary(old)
             else:
                 os.replace(tmp, final)
                 fsync_dir(final.parent)
+            (final / TEMP_MARKER).unlink()  # the output carries no marker (recover_output removes a stray one)
 
 
 @contextlib.contextmanager
@@ -471,14 +503,14 @@ def atomic_file(final: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]
         recover_output(final)
         tmp_dir = make_temp_dir(final.parent, f".{final.name}.tmp-{os.getpid()}-")
         tmp = tmp_dir / "x"
-        with disk_errors(final, cleanup=lambda: shutil.rmtree(tmp_dir, ignore_errors=True)):
+        with disk_errors(final, cleanup=lambda: remove_temporary(tmp_dir)):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~current_umask())
             with open(fd, mode) as fh:
                 yield fh
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+            remove_temporary(tmp_dir)
 
 
 @contextlib.contextmanager
@@ -522,7 +554,7 @@ def commit_files(out_dir: str | os.PathLike[str], *, last: str, remove: tuple[st
         out_dir.mkdir(parents=True, exist_ok=True)
         recover_commits(out_dir)
         stage = make_temp_dir(out_dir, f"{COMMIT_STAGE_PREFIX}{os.getpid()}-")
-        with disk_errors(out_dir, cleanup=lambda: shutil.rmtree(stage, ignore_errors=True)):
+        with disk_errors(out_dir, cleanup=lambda: remove_temporary(stage)):
             stage.chmod(0o777 & ~current_umask())
             yield stage
             install = sorted(f.name for f in stage.iterdir() if f.name != TEMP_MARKER)
@@ -557,7 +589,7 @@ def _apply_commit(out_dir: Path, commit: Path) -> None:
     if (commit / last).exists():
         os.replace(commit / last, out_dir / last)
         fsync_dir(out_dir)
-    shutil.rmtree(commit, ignore_errors=True)
+    remove_temporary(commit)
 
 
 def recover_commits(out_dir: str | os.PathLike[str]) -> None:
@@ -579,7 +611,7 @@ def recover_commits(out_dir: str | os.PathLike[str]) -> None:
             if prefix == COMMIT_PREFIX and (d / COMMIT_PLAN).is_file():
                 _apply_commit(out_dir, d)
             else:
-                shutil.rmtree(d, ignore_errors=True)
+                remove_temporary(d)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
