@@ -48,7 +48,6 @@ from avret.utils.atomic import (
     TEMP_MARKER,
     atomic_dir,
     json_default,
-    mark_output,
     recover_output,
 )
 from avret.utils.versions import library_versions, utc_timestamp
@@ -334,8 +333,7 @@ def write_run(out: str | Path, model: Any, metadata: Mapping[str, Any],
         model.save_pretrained(tmp / MODEL_DIR)
         if extra is not None:
             extra(tmp)
-        kind = SENTIMENT_RUN_KIND if model.model_type.startswith("sentiment") else RUN_KIND
-        mark_output(tmp, kind)
+        kind = SENTIMENT_RUN_KIND if model.model_type.startswith("sentiment") else RUN_KIND  # run.json says it
         doc = {"kind": kind, "format_version": FORMAT_VERSION, "model_type": model.model_type,
                "created_at": utc_timestamp(), "versions": library_versions(), **metadata,
                "model_fingerprint": model.fingerprint(), "files": run_files(tmp)}

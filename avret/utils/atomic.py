@@ -69,8 +69,9 @@ def mark_output(directory: str | os.PathLike[str], kind: str) -> None:
 def output_kind(path: str | os.PathLike[str]) -> str | None:
     """The kind of avret output directory ``path`` is, else None (not an output of avret's).
 
-    The rule: the ``kind`` in its :data:`OUTPUT_MARKER`; for outputs of earlier versions (no
-    marker), what their own record says: a ``run.json`` object with a ``model_type`` (``sentiment-*``:
+    The rule: the ``kind`` in its :data:`OUTPUT_MARKER` (index roots, features folders, a distill run
+    being written) or in its ``run.json`` (runs); for outputs of earlier versions (neither), what their
+    own record says: a ``run.json`` object with a ``model_type`` (``sentiment-*``:
     a sentiment run, else a retrieval run), the resumable state of ``distill`` (``step1.json``,
     ``teacher/config.json``, ``train_state/key.json``: a retrieval run), an index manifest object with a
     ``format_version`` (``visual|audio/manifest.json``), an ``extract_config.json`` object with a
@@ -83,6 +84,8 @@ def output_kind(path: str | os.PathLike[str]) -> str | None:
     if marker is not None and isinstance(marker.get("kind"), str):
         return marker["kind"]
     run = read_json_object(path / "run.json")
+    if run is not None and run.get("kind") in (RUN_KIND, SENTIMENT_RUN_KIND):
+        return run["kind"]
     if run is not None and isinstance(run.get("model_type"), str):
         return SENTIMENT_RUN_KIND if run["model_type"].startswith("sentiment") else RUN_KIND
     if any(read_json_object(path / m) is not None for m in ("step1.json", "teacher/config.json",
