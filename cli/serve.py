@@ -57,7 +57,7 @@ def serve(
         raise AvretError(f"--threads {workers_threads}: expected an integer <= 1024")
     for value, option in ((index, "--index"), (media_root, "--media-root"), (features, "--features")):
         if value is not None and not value.is_dir():
-            raise AvretError(f"{option} {value}: not a directory")
+            raise AvretError(f"{option} {value}: does not exist or is not a directory")
     if model is not None and not model.exists():
         raise AvretError(f"--model {model}: not found")
 

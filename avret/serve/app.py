@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import anyio.to_thread
@@ -56,6 +56,8 @@ DEFAULT_MAX_UPLOAD = 50 * 2**20
 #: Largest k and number of query rows one request may ask for.
 MAX_K = 1000
 MAX_QUERIES = 256
+#: Largest magnitude of a query feature value (features are small numbers; this keeps float32 finite).
+MAX_FEATURE = 1e6
 #: Clip-id searches of at most this many (queries x gallery items) are answered on the event loop.
 INLINE_SEARCH_WORK = 50_000
 _COPY_CHUNK = 1 << 20
@@ -74,8 +76,8 @@ class SearchRequest(BaseModel):
 
     direction: Literal["audio-to-video", "video-to-audio"]
     clip_ids: list[str] = Field(default=None, min_length=1, max_length=MAX_QUERIES)  # type: ignore[assignment]
-    vectors: list[list[float]] = Field(default=None, min_length=1,  # type: ignore[assignment]
-                                       max_length=MAX_QUERIES)
+    vectors: list[Annotated[list[Annotated[float, Field(ge=-MAX_FEATURE, le=MAX_FEATURE)]],  # type: ignore[assignment]
+                            Field(min_length=1)]] = Field(default=None, min_length=1, max_length=MAX_QUERIES)
     k: int = Field(default=10, ge=1, le=MAX_K)
     classes: list[str] = Field(default=None, min_length=1)  # type: ignore[assignment]
 
@@ -125,6 +127,14 @@ def create_app(
     app = FastAPI(title="avret", version=_version(), summary="Audio-visual retrieval: which videos sound like this?",
                   lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.searcher = searcher
+    plain_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:  # the schema, with what this index accepts (classes, vector widths)
+        if app.openapi_schema is None:
+            _constrain_search(plain_openapi(), searcher)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     # the token before any body, bodies counted while they stream in, plain-text errors as JSON
     app.add_middleware(RequestGuard, token=token, max_upload_bytes=max_upload_bytes, upload_paths=("/search/media",))
     bearer = HTTPBearer(auto_error=False, description="the token of `avret serve --token`")
@@ -237,6 +247,28 @@ def create_app(
         return HTMLResponse((static / "index.html").read_text(encoding="utf-8"))
 
     return app
+
+
+def _constrain_search(schema: dict[str, Any], searcher: Searcher) -> None:
+    """Write into ``SearchRequest``'s schema what this index accepts: its class names (``classes``
+    items) and, per direction, the width of the query features (``vectors``), so that a
+    schema-valid request is one the service answers."""
+    from avret.index.manifest import QUERY_FOR
+
+    req = schema["components"]["schemas"]["SearchRequest"]
+    names = sorted({str(c) for ix in searcher.indexes.values() for c in ix.class_names})
+    if names:
+        req["properties"]["classes"]["items"] = {"type": "string", "enum": names}
+    try:
+        model = searcher.model()
+        widths = {d: int(getattr(model, f"{QUERY_FOR[d]}_dim")) for d in ("audio-to-video", "video-to-audio")}
+    except (AvretError, AttributeError, TypeError, ValueError):
+        return  # no model: widths are checked per request (400)
+    vector_forms = [{"required": ["direction", "vectors"], "not": {"required": ["clip_ids"]},
+                     "properties": {"direction": {"const": d},
+                                    "vectors": {"items": {"minItems": w, "maxItems": w}}}}
+                    for d, w in widths.items() if d in ("audio-to-video", "video-to-audio")]
+    req["oneOf"] = [{"required": ["clip_ids"], "not": {"required": ["vectors"]}}, *vector_forms]
 
 
 def _copy_limited(upload: UploadFile, dest: Path, limit: int) -> None:
