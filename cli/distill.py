@@ -20,6 +20,7 @@ from .options import (
     SynthSeedOpt,
     inputs,
     open_dataset,
+    seed_option,
     with_frames,
 )
 from .progress import rank0_output, result
@@ -47,7 +48,7 @@ def distill(
     weight: float | None = typer.Option(None, "--weight", help="Weight of the distillation term "
                                         f"(default: videoadviser {VideoAdviserConfig.weight:g}, "
                                         "others the method's config)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = seed_option(),
     epochs: int | None = typer.Option(None, "--epochs", help="Student (tower) epochs at most "
                                       "(default: 80, the towers' TrainConfig)"),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Towers' clips per mini-batch per process "

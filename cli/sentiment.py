@@ -20,7 +20,7 @@ from typing import Any
 import typer
 
 from .common import require_int, require_number, user_errors
-from .options import DeviceOpt, OverwriteOpt, PrecisionOpt, inputs
+from .options import DeviceOpt, OverwriteOpt, PrecisionOpt, inputs, seed_option
 from .progress import progress_bar, status
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,11 +47,12 @@ def train(
     encoder: Path | None = typer.Option(None, "--encoder", help="Local Hugging Face encoder folder "
                                         "(default: the offline all-MiniLM-L6-v2)."),
     epochs: int = typer.Option(6, "--epochs"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = seed_option(),
     lr: float = typer.Option(5e-5, "--lr", help="Encoder learning rate."),
     head_lr: float = typer.Option(1e-3, "--head-lr", help="Regression head learning rate."),
     batch_size: int = typer.Option(32, "--batch-size"),
-    max_len: int = typer.Option(64, "--max-len"),
+    max_len: int = typer.Option(64, "--max-len", help="Tokens per text (2 .. 512, the encoder's positions)",
+                                min=2, max=512),
     pooling: str = typer.Option("mean", "--pooling", help="mean | cls"),
     head: str = typer.Option("linear", "--head", help="linear | mlp"),
     head_init: str = typer.Option("mean", "--head-init",

@@ -22,6 +22,7 @@ from .options import (
     SynthSeedOpt,
     inputs,
     open_dataset,
+    seed_option,
 )
 from .progress import rank0_output, result
 
@@ -34,7 +35,7 @@ def train(
     data: Path | None = DataOpt,
     synth_clips: int | None = SynthClipsOpt,
     synth_seed: int | None = SynthSeedOpt,
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = seed_option(),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs at most (default: 80, the towers' TrainConfig)"),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Clips per mini-batch per process "
                                           "(default: 256; under torchrun the global batch is N × this)"),

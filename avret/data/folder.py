@@ -105,8 +105,12 @@ def read_folder_manifest(path: Path) -> tuple[list[str], list[str], list[str]]:
                     split = "val"
                 if split not in SPLITS:
                     raise DataError(f"{path}: line {lineno} has split '{split}', expected one of {list(SPLITS)}")
+                label = (row.get("label") or "").strip()
+                if _bad_clip_id(label.replace(",", "")):  # commas are fine in a class name, control characters not
+                    raise DataError(f"{path}: line {lineno} has label {label!r} holding a control character (a NUL?); "
+                                    "expected a printable class name")
                 ids.append(cid)
-                labels.append((row.get("label") or "").strip())
+                labels.append(label)
                 splits.append(split)
     return ids, labels, splits
 

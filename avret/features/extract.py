@@ -74,6 +74,12 @@ from avret.utils.versions import FEATURES_LIBRARIES, library_versions
 
 EXTRACT_CONFIG = "extract_config.json"
 FAILURES = "failures.json"
+#: Upper bounds of the extraction settings (checked before any media is read).
+MAX_FPS = 240.0
+MAX_FRAMES = 10_000
+MAX_BATCH = 65_536
+MAX_WORKERS = 256
+MAX_SECONDS = 7 * 86400.0
 FORMAT_VERSION = 1
 #: Seconds of a query file used by :func:`embed_query_media` by default (its first minute). Longer
 #: than the clips of VEGAS / AVE / AudioSet (10 s), so such a clip is embedded exactly as
@@ -152,16 +158,18 @@ class ExtractConfig:
         if (self.clip_model is None) != (self.clip_weights is None):
             raise ModelError("give both --clip-model and --clip-weights, or neither")
         _ = self.clip_arch  # an unknown or remote model name fails here, before any media is read
-        if not self.fps > 0:
-            raise AvretError(f"fps must be > 0, got {self.fps}")
-        if self.max_frames < 1:
-            raise AvretError(f"max_frames must be >= 1, got {self.max_frames}")
-        if self.batch_size < 1:
-            raise AvretError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise AvretError(f"workers must be >= 0, got {self.workers}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise AvretError(f"max_seconds must be > 0 (or None for whole files), got {self.max_seconds}")
+        # ranges up front: a frame rate of 1e9 would make the decoder seek forever
+        if not (isinstance(self.fps, (int, float)) and 0 < self.fps <= MAX_FPS):
+            raise AvretError(f"fps must be > 0 and <= {MAX_FPS:g} frames per second, got {self.fps}")
+        if not 1 <= self.max_frames <= MAX_FRAMES:
+            raise AvretError(f"max_frames must be in 1..{MAX_FRAMES}, got {self.max_frames}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise AvretError(f"batch_size must be in 1..{MAX_BATCH}, got {self.batch_size}")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise AvretError(f"workers must be in 0..{MAX_WORKERS}, got {self.workers}")
+        if self.max_seconds is not None and not 0 < self.max_seconds <= MAX_SECONDS:
+            raise AvretError(f"max_seconds must be > 0 and <= {MAX_SECONDS:g} (or None for whole files), "
+                             f"got {self.max_seconds}")
         for name in ("vggish", "vggish_pca", "clip_weights", "inception_weights", "inception_pca", "aisfx_weights",
                      "efficientnet_weights"):
             p = getattr(self, name)
