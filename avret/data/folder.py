@@ -25,6 +25,7 @@ import numpy as np
 
 from avret.data.dataset import SPLITS, UNLABELLED, AVDataset, check_numeric
 from avret.errors import DataError
+from avret.utils.arrays import check_npy_file
 from avret.utils.atomic import recover_commits
 from avret.utils.csvfile import csv_errors
 
@@ -52,6 +53,7 @@ def load_npy(path: Path, what: str = "a .npy array (plain-folder layout)", mmap:
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected {what}")
+    check_npy_file(path)  # a header claiming more than the file holds: refused before any allocation
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
