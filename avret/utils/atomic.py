@@ -71,10 +71,11 @@ def output_kind(path: str | os.PathLike[str]) -> str | None:
 
     The rule: the ``kind`` in its :data:`OUTPUT_MARKER` (index roots, features folders, a distill run
     being written) or in its ``run.json`` (runs); for outputs of earlier versions (neither), what their
-    own record says: a ``run.json`` object with a ``model_type`` (``sentiment-*``:
-    a sentiment run, else a retrieval run), the resumable state of ``distill`` (``step1.json``,
-    ``teacher/config.json``, ``train_state/key.json``: a retrieval run), an index manifest object with a
-    ``format_version`` (``visual|audio/manifest.json``), an ``extract_config.json`` object with a
+    own record says: a ``run.json`` (or, when that is damaged, a ``model/config.json``) object with a
+    ``model_type`` (``sentiment-*``: a sentiment run, else a retrieval run), the resumable state of
+    ``distill`` (``step1.json``, ``teacher/config.json``, ``train_state/key.json``: a retrieval run),
+    an index manifest object with a ``format_version`` (``visual|audio/manifest.json``), an
+    ``extract_config.json`` object with a
     ``config`` or a ``shards/settings.json`` object (a features folder). File names alone never count.
     """
     path = Path(path)
@@ -86,8 +87,10 @@ def output_kind(path: str | os.PathLike[str]) -> str | None:
     run = read_json_object(path / "run.json")
     if run is not None and run.get("kind") in (RUN_KIND, SENTIMENT_RUN_KIND):
         return run["kind"]
-    if run is not None and isinstance(run.get("model_type"), str):
-        return SENTIMENT_RUN_KIND if run["model_type"].startswith("sentiment") else RUN_KIND
+    model = read_json_object(path / "model" / "config.json")  # a run whose run.json is damaged: its model says
+    for record in (run, model):
+        if record is not None and isinstance(record.get("model_type"), str):
+            return SENTIMENT_RUN_KIND if record["model_type"].startswith("sentiment") else RUN_KIND
     if any(read_json_object(path / m) is not None for m in ("step1.json", "teacher/config.json",
                                                              "train_state/key.json")):
         return RUN_KIND
