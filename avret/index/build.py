@@ -88,6 +88,9 @@ def build_indexes(
 def check_build_options(factory: str, max_memory: int | str | None, target_recall: float | None,
                         shards: int | None, workers: int | None) -> None:
     """Refuse bad ``index build`` options in one line (:class:`AvretError`) before any work is done."""
+    if "idmap" in factory.lower() or "idmap" in factory.replace(" ", "").lower():
+        raise AvretError(f"--factory {factory}: an IDMap takes ids of its own; avret keeps the clip ids itself "
+                         "(use the factory without IDMap, e.g. Flat, IVF256,Flat or HNSW32)")
     if factory != "auto" and (max_memory is not None or target_recall is not None):
         raise AvretError(f"--max-memory and --target-recall need --factory auto (got --factory {factory})")
     if max_memory is not None:
