@@ -795,3 +795,64 @@ def test_features_extract_ranges_up_front(world, fps):
     (case / "a.wav").write_bytes(b"RIFF")
     refused_untouched(["features", "extract", "--media", case / "a.wav", "--audio-encoder", "logmel",
                        "--visual-encoder", "efficientnet-lite0", "--fps", fps, "--out", case / "o"], case, "fps")
+
+
+def test_an_index_with_nan_stored_embeddings_is_not_served(world):
+    import faiss
+
+    case = _case(world)
+    idx = case / "idx"
+    shutil.copytree(world["idx"], idx)
+    path = idx / "audio" / "index.faiss"
+    index = faiss.read_index(str(path))
+    vectors = index.reconstruct_n(0, index.ntotal)
+    vectors[3] = np.nan
+    index.reset()
+    index.add(vectors)
+    faiss.write_index(index, str(path))
+    refused_untouched(["search", "audio-to-video", "--index", idx, "--query", "synth_000001"], case, "NaN")
+
+
+@pytest.mark.parametrize("depth", [10_000, 200_000])
+@pytest.mark.parametrize("file", ["metadata.json", "manifest.json"])
+def test_index_metadata_nested_too_deeply(world, depth, file):
+    case = _case(world)
+    idx = case / "idx"
+    shutil.copytree(world["idx"], idx)
+    (idx / "visual" / file).write_text("[" * depth + "]" * depth)
+    refused_untouched(["search", "audio-to-video", "--index", idx, "--query", "synth_000001"], case, file)
+
+
+def test_an_idmap_factory_is_refused_before_any_work(world):
+    case = _case(world)
+    refused_untouched(["index", "build", "--model", world["run"], *SYNTH, "--factory", "IDMap,Flat",
+                       "--out", case / "idx"], case, "IDMap")
+
+
+@pytest.mark.parametrize("custom", ["auto_map", "python-file"])
+def test_an_encoder_folder_carrying_code_is_refused(world, custom):
+    """avret never runs code from a model folder (trust_remote_code stays False)."""
+    case = _case(world)
+    enc = case / "enc"
+    shutil.copytree(world["enc"], enc)
+    if custom == "auto_map":
+        cfg = json.loads((enc / "config.json").read_text())
+        cfg["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+        (enc / "config.json").write_text(json.dumps(cfg))
+    (enc / "modeling_evil.py").write_text("raise SystemExit('code from a model folder ran')\n")
+    refused_untouched(["sentiment", "train", "--data", world["label"], "--encoder", enc, "--epochs", "1",
+                       "--out", case / "o"], case, "never runs code")
+
+
+def test_a_clip_config_with_a_tiny_text_vocabulary(world):
+    case = _case(world)
+    cfg = case / "tiny-vocab-clip.json"
+    cfg.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                                               "patch_size": 16, "head_width": 16},
+                               "text_cfg": {"context_length": 16, "vocab_size": 8, "width": 16, "heads": 2,
+                                            "layers": 1}}))
+    frames = case / "frames.npy"
+    np.save(frames, np.ones((N_SYNTH, 2, 16), np.float32))
+    refused_untouched(["distill", "--method", "videoadviser", *SYNTH, "--epochs", "1", "--teacher-epochs", "1",
+                       "--frames", frames, "--clip-model", cfg, "--prompts", "shared", "--out", case / "o"],
+                      case, "vocab_size")
