@@ -596,11 +596,15 @@ def test_out_dot_or_dotdot_is_refused_even_with_overwrite(world, monkeypatch, ta
     refused_untouched(["train", *SYNTH, "--epochs", "1", "--out", target, "--overwrite"], case, "current directory")
 
 
-@SETTINGS
-@given(target=st.sampled_from(["notes", "run.json", "model-config", "link", "fifo", "dir", "dev-link"]),
-       command=st.sampled_from(["eval", "sentiment eval"]))
-def test_json_out_never_replaces_what_is_not_an_eval_report(world, target, command):
-    """--json-out: a user's file, the model's own files, a symlink (never followed), a FIFO, a directory."""
+@pytest.mark.parametrize("target", ["notes", "run.json", "model-config", "link", "report-link", "fifo", "dir",
+                                    "dev-link"])
+@pytest.mark.parametrize("command", ["eval", "sentiment eval"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_json_out_never_replaces_what_is_not_an_eval_report(world, target, command, overwrite):
+    """--json-out: a user's file, the model's own files, a symlink (never followed), a FIFO, a directory;
+    with --overwrite only a user's regular file may be replaced."""
+    if overwrite and target == "notes":
+        pytest.skip("--overwrite replaces a user's regular file: that is what it is for")
     case = _case(world)
     model = case / "model-run"
     shutil.copytree(world["run"] if command == "eval" else world["srun"], model)
@@ -609,12 +613,16 @@ def test_json_out_never_replaces_what_is_not_an_eval_report(world, target, comma
              "model-config": model / "model" / "config.json", "link": case / "link.json",
              "fifo": case / "fifo.json", "dir": case / "dir.json", "dev-link": case / "stdout.json"}
     (case / "link.json").symlink_to(case / "notes.json")
+    (case / "report.json").write_text(json.dumps({"kind": "avret.eval-report", "rows": {}}))
+    (case / "report-link.json").symlink_to(case / "report.json")  # even to a report: never written through
+    paths["report-link"] = case / "report-link.json"
     os.mkfifo(case / "fifo.json")
     (case / "dir.json").mkdir()
     (case / "stdout.json").symlink_to("/dev/stdout")
     argv = (["eval", "--model", model, *SYNTH] if command == "eval" else
             ["sentiment", "eval", "--model", model, "--data", world["label"]])
-    refused_untouched([*argv, "--json-out", paths[target]], case, "--json-out")
+    refused_untouched([*argv, "--json-out", paths[target], *(["--overwrite"] if overwrite else [])], case,
+                      "--json-out")
 
 
 def test_json_out_replaces_an_earlier_report_and_a_user_file_only_with_overwrite(world):
