@@ -42,7 +42,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from avret.errors import ModelError
-from avret.utils.atomic import atomic_dir, json_default, recover_output
+from avret.utils.atomic import (
+    RUN_KIND,
+    SENTIMENT_RUN_KIND,
+    TEMP_MARKER,
+    atomic_dir,
+    json_default,
+    recover_output,
+)
 from avret.utils.versions import library_versions, utc_timestamp
 
 FORMAT_VERSION = 1
@@ -310,7 +317,7 @@ def load_model(path: str | Path, **kwargs: Any) -> Any:
 def run_files(run: Path) -> dict[str, str]:
     """sha256 of every file of a run directory (relative path → hex), ``run.json`` excluded."""
     return {str(f.relative_to(run)): file_sha256(f) for f in sorted(run.rglob("*"))
-            if f.is_file() and f.name != RUN_FILE}
+            if f.is_file() and f.name not in (RUN_FILE, TEMP_MARKER)}
 
 
 def write_run(out: str | Path, model: Any, metadata: Mapping[str, Any],
@@ -326,7 +333,8 @@ def write_run(out: str | Path, model: Any, metadata: Mapping[str, Any],
         model.save_pretrained(tmp / MODEL_DIR)
         if extra is not None:
             extra(tmp)
-        doc = {"format_version": FORMAT_VERSION, "model_type": model.model_type,
+        kind = SENTIMENT_RUN_KIND if model.model_type.startswith("sentiment") else RUN_KIND  # run.json says it
+        doc = {"kind": kind, "format_version": FORMAT_VERSION, "model_type": model.model_type,
                "created_at": utc_timestamp(), "versions": library_versions(), **metadata,
                "model_fingerprint": model.fingerprint(), "files": run_files(tmp)}
         (tmp / RUN_FILE).write_text(json.dumps(doc, indent=2, default=json_default) + "\n", encoding="utf-8")

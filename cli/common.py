@@ -31,6 +31,14 @@ def user_errors(fn: F) -> F:
             drop_status()  # status lines not yet written stay unwritten: the error is the one line
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
+        except OSError as exc:
+            line = path_error(exc)
+            if line is None:
+                flush_status()
+                raise
+            drop_status()
+            typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
         except BaseException:
             flush_status()
             raise
@@ -38,6 +46,24 @@ def user_errors(fn: F) -> F:
         return out
 
     return wrapper  # type: ignore[return-value]
+
+
+def path_error(exc: OSError) -> str | None:
+    """One line for an OSError that a user's path caused wherever it is opened (a name too long, a
+    symlink loop), else None (not a user's error)."""
+    import errno
+
+    reasons = {errno.ENAMETOOLONG: "a path or file name too long for the file system (names: at most 255 "
+                                   "bytes, paths: 4095)",
+               errno.ELOOP: "a loop of symbolic links"}
+    why = reasons.get(exc.errno or 0)
+    if why is None:
+        return None
+    name = exc.filename if exc.filename is not None else "a path"
+    shown = str(name)
+    if len(shown) > 120:
+        shown = shown[:60] + "..." + shown[-40:]
+    return f"{shown}: {why}"
 
 
 def require_int(value: int, option: str, minimum: int = 1) -> None:

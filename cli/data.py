@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from .common import user_errors
+from .options import seed_option
 
 app = typer.Typer(help="Data sets from real recordings and images (av-digits).", no_args_is_help=True)
 
@@ -24,13 +25,16 @@ def make_av_digits_cmd(
         None, "--fsdd", help="FSDD recordings folder (or its parent). Default: $AVRET_FSDD, else "
         "../shared/data/fsdd/recordings beside the repository."
     ),
-    seed: int = typer.Option(0, "--seed", help="Image split and image choice seed."),
+    seed: int = seed_option(0, "--seed", "Image split and image choice seed (0 .. 2^32-1)."),
     limit_per_class: int | None = typer.Option(
-        None, "--limit-per-class", help="Keep N recordings per digit in each split (a small subset)."
+        None, "--limit-per-class", help="Keep N recordings per digit in each split (a small subset).", min=1
     ),
-    frames: int = typer.Option(4, "--frames", help="Video frames per clip (spread over the recording)."),
-    size: int = typer.Option(64, "--size", help="Picture width and height in pixels (even)."),
-    workers: int | None = typer.Option(None, "--workers", help="Rendering processes (default: CPU count, max 8)."),
+    frames: int = typer.Option(4, "--frames", help="Video frames per clip (spread over the recording).",
+                               min=1, max=1000),
+    size: int = typer.Option(64, "--size", help="Picture width and height in pixels (even, 16 .. 1024).",
+                             min=16, max=1024),
+    workers: int | None = typer.Option(None, "--workers", help="Rendering processes (default: CPU count, max 8).",
+                                       min=1, max=64),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not an earlier "
                                    "av-digits output."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),

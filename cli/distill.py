@@ -18,7 +18,9 @@ from .options import (
     PrecisionOpt,
     SynthClipsOpt,
     SynthSeedOpt,
+    inputs,
     open_dataset,
+    seed_option,
     with_frames,
 )
 from .progress import rank0_output, result
@@ -46,7 +48,7 @@ def distill(
     weight: float | None = typer.Option(None, "--weight", help="Weight of the distillation term "
                                         f"(default: videoadviser {VideoAdviserConfig.weight:g}, "
                                         "others the method's config)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = seed_option(),
     epochs: int | None = typer.Option(None, "--epochs", help="Student (tower) epochs at most "
                                       "(default: 80, the towers' TrainConfig)"),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Towers' clips per mini-batch per process "
@@ -67,9 +69,10 @@ def distill(
     from avret.distill.pipeline import DistillConfig, run_distillation
     from avret.io import read_run
     from avret.train.tower_training import TrainConfig
-    from avret.utils.atomic import RUN_MARKERS, check_output
+    from avret.utils.atomic import RUN_KIND, check_output
 
-    check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before the data set is built
+    check_output(out, RUN_KIND, overwrite=overwrite,  # before the data set is built
+                 reads=inputs(dataset, data, frames, clip_weights, clip_model))
     epochs = TrainConfig.epochs if epochs is None else epochs
     batch_size = TrainConfig.batch_size if batch_size is None else batch_size
     for value, option in ((epochs, "--epochs"), (teacher_epochs, "--teacher-epochs"),

@@ -24,7 +24,10 @@ def evaluate(
     synth_seed: int | None = SynthSeedOpt,
     details: bool = typer.Option(False, "--details", help="Per-class AP, P@k and mAP@R (and, in --json-out, "
                                  "every query's AP with the query ids)"),
-    json_out: Path | None = typer.Option(None, "--json-out", help="Write all metrics as JSON here"),
+    json_out: Path | None = typer.Option(None, "--json-out", help="Write all metrics as JSON here (a new file or "
+                                         "an earlier eval report; another file only with --overwrite)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --json-out even if it is not an earlier "
+                                   "eval report (never a symlink, a FIFO/device or a file inside a --model)"),
     report: Path | None = typer.Option(None, "--report", help="Write an HTML report with plots into this directory "
                                        "(precision-recall, per-class AP, confusions, best/worst queries)"),
     compare: tuple[Path, Path] | None = typer.Option(None, "--compare", help="Two runs A B to put side by side "
@@ -34,7 +37,7 @@ def evaluate(
     from avret.eval.report import format_details, format_map_table
     from avret.experiment import evaluate_paths
     from avret.io import RUN_FILE, load_model, read_run
-    from avret.utils.atomic import write_json
+    from avret.utils.atomic import REPORT_KIND, check_report_out, write_json
 
     if compare and all(c is not None for c in compare):
         if model:
@@ -51,12 +54,15 @@ def evaluate(
         # avret serve looks for it), which changes nothing of that run's files.
         check_output(report, "evaluation report", (REPORT_FILE,))
     kept: list | None = [] if report is not None else None
+    if json_out is not None:  # before any work: never a model's file, a user's file, a symlink or a FIFO
+        check_report_out(json_out, overwrite=overwrite,
+                         reads=tuple(model) or (default_path(None, DEMO_MODEL, "model"),))
     if dataset in ("mosi", "mosei"):
         from .sentiment import eval_dataset_command
 
         if data is None or not model:
             raise typer.BadParameter(f"--dataset {dataset} needs --data PATH and --model RUN")
-        eval_dataset_command(dataset, data, model[0], json_out)
+        eval_dataset_command(dataset, data, model[0], json_out, overwrite)
         return
     model = model or [default_path(None, DEMO_MODEL, "model")]  # evaluating never trains: train does
     for m in model:  # a broken model or run.json is a one-line error before any data is read or progress shown
@@ -74,7 +80,7 @@ def evaluate(
         for name, rep in rows.items():
             typer.echo(f"\n{name}\n{format_details(rep)}")
     if json_out is not None:
-        record = {"dataset": ds.name, "synthetic": ds.synthetic, "split": split,
+        record = {"kind": REPORT_KIND, "dataset": ds.name, "synthetic": ds.synthetic, "split": split,
                   "rows": {name: rep.to_dict(include_ap=details) for name, rep in rows.items()}}
         if details:  # the per-query AP lists ("ap") follow this order of query clip ids
             record["query_ids"] = ds.subset(split).clip_ids.tolist()

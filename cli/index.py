@@ -17,6 +17,7 @@ from .options import (
     SynthSeedOpt,
     dataset_of_models,
     default_path,
+    inputs,
     open_dataset,
 )
 from .progress import status
@@ -56,7 +57,7 @@ def build(
     from avret.index.build import build_indexes, check_build_options
     from avret.io import load_model
     from avret.models.base import require_embedder
-    from avret.utils.atomic import INDEX_MARKERS, check_output
+    from avret.utils.atomic import INDEX_KIND, check_output
 
     modalities = {"both": ("visual", "audio"), "visual": ("visual",), "audio": ("audio",)}
     if modality not in modalities:
@@ -64,7 +65,7 @@ def build(
     check_build_options(factory, max_memory, target_recall, shards, workers)
     model = default_path(model, DEMO_MODEL, "model")
     embedder = require_embedder(load_model(model), model)
-    check_output(out, "index root", INDEX_MARKERS, overwrite=overwrite, reads=(model,))  # before any work
+    check_output(out, INDEX_KIND, overwrite=overwrite, reads=(model, *inputs(dataset, data)))  # before any work
     ds = open_dataset(dataset_of_models(dataset, [model], synth_clips, synth_seed), data, synth_clips, synth_seed)
     status(ds.describe())
     built = build_indexes(embedder, ds, out, split=split, modalities=modalities[modality],

@@ -14,14 +14,41 @@ DatasetOpt = typer.Option("vegas-synth", "--dataset", help="vegas-synth | vegas 
 ModelDatasetOpt = typer.Option(None, "--dataset", help="vegas-synth | vegas | ave | a path (.h5 or folder); "
                                "default: the data set the --model run was trained on")
 DataOpt = typer.Option(None, "--data", help="Path of the community h5 file for --dataset vegas/ave")
-SynthClipsOpt = typer.Option(None, "--synth-clips", help="vegas-synth: number of clips (default 6000)")
-SynthSeedOpt = typer.Option(None, "--synth-seed", help="vegas-synth: generator seed (default 0)")
+#: Seeds are unsigned 32-bit integers (numpy's and torch's generators take them): one range for every seed.
+MAX_SEED = 2**32 - 1
+#: Clips a synthetic data set may have (its features are held in memory).
+MAX_SYNTH_CLIPS = 2_000_000
+
+
+def seed_option(default: int | None = 0, name: str = "--seed", help: str = "Random seed (0 .. 2^32-1)") -> typer.Option:
+    """The one validator of seeds: an integer in 0 .. 2^32-1 (else one line, exit 2)."""
+    return typer.Option(default, name, help=help, min=0, max=MAX_SEED)
+
+
+SynthClipsOpt = typer.Option(None, "--synth-clips", help="vegas-synth: number of clips (default 6000)", min=2,
+                             max=MAX_SYNTH_CLIPS)
+SynthSeedOpt = seed_option(None, "--synth-seed", "vegas-synth: generator seed (default 0; 0 .. 2^32-1)")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace --out even if it is not an earlier output of "
                             "this command (by default only an earlier output of the same kind is replaced)")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda (auto: CUDA when torch sees a GPU)")
 PrecisionOpt = typer.Option("fp32", "--precision", help="fp32 | bf16 (bf16 autocast, CUDA only)")
 FramesOpt = typer.Option(None, "--frames", help="Teacher frame embeddings for the data set: .npy (N,T,D) in row "
                          "order, .npz/.h5 with teacher_frames [teacher_mask, clip_ids], or a features folder")
+
+
+def inputs(*values: str | Path | None) -> tuple[Path, ...]:
+    """The command-line values that name existing files or folders (the inputs an output may not touch:
+    :func:`avret.utils.atomic.check_output`'s ``reads``)."""
+    out = []
+    for v in values:
+        if v is None or str(v) == "" or "\0" in str(v):
+            continue
+        try:
+            if Path(v).exists() or Path(v).is_symlink():
+                out.append(Path(v))
+        except (OSError, ValueError):
+            continue
+    return tuple(out)
 
 
 def open_dataset(dataset: str, data: Path | None, synth_clips: int | None, synth_seed: int | None) -> AVDataset:

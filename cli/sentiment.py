@@ -20,7 +20,7 @@ from typing import Any
 import typer
 
 from .common import require_int, require_number, user_errors
-from .options import DeviceOpt, OverwriteOpt, PrecisionOpt
+from .options import DeviceOpt, OverwriteOpt, PrecisionOpt, inputs, seed_option
 from .progress import progress_bar, status
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,11 +47,12 @@ def train(
     encoder: Path | None = typer.Option(None, "--encoder", help="Local Hugging Face encoder folder "
                                         "(default: the offline all-MiniLM-L6-v2)."),
     epochs: int = typer.Option(6, "--epochs"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = seed_option(),
     lr: float = typer.Option(5e-5, "--lr", help="Encoder learning rate."),
     head_lr: float = typer.Option(1e-3, "--head-lr", help="Regression head learning rate."),
     batch_size: int = typer.Option(32, "--batch-size"),
-    max_len: int = typer.Option(64, "--max-len"),
+    max_len: int = typer.Option(64, "--max-len", help="Tokens per text (2 .. 512, the encoder's positions)",
+                                min=2, max=512),
     pooling: str = typer.Option("mean", "--pooling", help="mean | cls"),
     head: str = typer.Option("linear", "--head", help="linear | mlp"),
     head_init: str = typer.Option("mean", "--head-init",
@@ -75,10 +76,11 @@ def train(
     from avret.sentiment.data import check_teacher_coverage, read_teacher_scores
     from avret.sentiment.metrics import metrics_table
     from avret.sentiment.train import SentimentTrainConfig, train_student, write_student_run
-    from avret.utils.atomic import RUN_MARKERS, check_output
+    from avret.utils.atomic import SENTIMENT_RUN_KIND, check_output
     from avret.utils.device import resolve_device
 
-    check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before anything is trained
+    check_output(out, SENTIMENT_RUN_KIND, overwrite=overwrite,  # before anything is trained
+                 reads=inputs(data, encoder, teacher_scores))
     for value, option, minimum in ((epochs, "--epochs", 1), (batch_size, "--batch-size", 1),
                                    (max_len, "--max-len", 2), (teacher_folds, "--teacher-folds", 2),
                                    (teacher_epochs, "--teacher-epochs", 1)):
@@ -150,21 +152,27 @@ def eval_cmd(
     model: Path = typer.Option(..., "--model", help="RUN (or RUN/model) written by 'sentiment train'."),
     data: Path | None = typer.Option(None, "--data", help="MMSA label.csv (default ../shared/data/mosi)."),
     split: str = typer.Option("test", "--split", help="train | dev | test"),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
+    json_out: Path | None = typer.Option(None, "--json-out", "--json",
+                                         help="Also write the metrics as JSON here (a new file or an earlier "
+                                         "eval report; another file only with --overwrite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --json-out even if it is not an earlier "
+                                   "eval report (never a symlink, a FIFO/device or a file inside --model)."),
 ) -> None:
     """Evaluate a trained student on one split: MAE, Corr, Acc-2 (both conventions), F1, Acc-7, Acc-5."""
     from avret.sentiment.metrics import json_safe, metrics_table
-    from avret.utils.atomic import write_json
+    from avret.utils.atomic import REPORT_KIND, check_report_out, write_json
 
+    if json_out is not None:  # before any work
+        check_report_out(json_out, overwrite=overwrite, reads=(model,))
     data_path, examples = _load(data)
     res = _evaluate(model, data_path, examples, split)
     typer.echo(metrics_table({res["split"]: res["metrics"]}))
     if json_out is not None:
-        write_json(json_out, json_safe(res))
+        write_json(json_out, {"kind": REPORT_KIND, **json_safe(res)})
 
 
 def eval_dataset_command(dataset: str, data: Path | None, model: Path,
-                         json_out: Path | None = None) -> dict[str, Any]:
+                         json_out: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """``avret eval --dataset mosi|mosei --data PATH --model RUN``: test-split metrics of a student.
 
     Prints the metrics table, writes ``json_out`` atomically when given, returns the result dict.
@@ -173,8 +181,10 @@ def eval_dataset_command(dataset: str, data: Path | None, model: Path,
     from avret.errors import DataError
     from avret.sentiment.data import DATASETS
     from avret.sentiment.metrics import json_safe, metrics_table
-    from avret.utils.atomic import write_json
+    from avret.utils.atomic import REPORT_KIND, check_report_out, write_json
 
+    if json_out is not None:  # before any work
+        check_report_out(json_out, overwrite=overwrite, reads=(model,))
     if dataset not in DATASETS:
         raise DataError(f"dataset is {dataset!r} (expected one of {', '.join(DATASETS)})")
     data_path, examples = _load(data, dataset)
@@ -183,7 +193,7 @@ def eval_dataset_command(dataset: str, data: Path | None, model: Path,
     typer.echo(metrics_table({f"{dataset} test": res["metrics"]}))
     res = json_safe(res)
     if json_out is not None:
-        write_json(json_out, res)
+        write_json(json_out, {"kind": REPORT_KIND, **res})
     return res
 
 

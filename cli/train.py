@@ -20,7 +20,9 @@ from .options import (
     PrecisionOpt,
     SynthClipsOpt,
     SynthSeedOpt,
+    inputs,
     open_dataset,
+    seed_option,
 )
 from .progress import rank0_output, result
 
@@ -33,7 +35,7 @@ def train(
     data: Path | None = DataOpt,
     synth_clips: int | None = SynthClipsOpt,
     synth_seed: int | None = SynthSeedOpt,
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = seed_option(),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs at most (default: 80, the towers' TrainConfig)"),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Clips per mini-batch per process "
                                           "(default: 256; under torchrun the global batch is N × this)"),
@@ -45,9 +47,9 @@ def train(
     from avret.io import read_run
     from avret.train.runs import train_run
     from avret.train.tower_training import TrainConfig
-    from avret.utils.atomic import RUN_MARKERS, check_output
+    from avret.utils.atomic import RUN_KIND, check_output
 
-    check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)  # before the data set is built
+    check_output(out, RUN_KIND, overwrite=overwrite, reads=inputs(dataset, data))  # before the data set is built
     epochs = TrainConfig.epochs if epochs is None else epochs
     batch_size = TrainConfig.batch_size if batch_size is None else batch_size
     require_int(epochs, "--epochs")

@@ -10,10 +10,15 @@ examples, so the file is deterministic and fast); fixed cases cover what a gener
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
+import os
 import shutil
 import struct
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -516,3 +521,346 @@ def test_distill_resume_retrains_a_damaged_step1_or_run_json(world, tmp_path):
     assert isinstance(json.loads((out / "step1.json").read_text())["tau"], float)
     assert json.loads((out / "run.json").read_text())["method"] == "kd"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+# =========================================================================== issue 24: nothing of the user's is touched
+def _bytes(root: Path) -> dict[str, bytes | str]:
+    """Every path under ``root``: a file's bytes, a link's target, a directory's marker."""
+    out: dict[str, bytes | str] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = f"-> {os.readlink(p)}"
+        elif p.is_file():
+            out[rel] = p.read_bytes()
+        elif p.is_fifo():
+            out[rel] = "fifo"
+        else:
+            out[rel] = "dir"
+    return out
+
+
+def refused_untouched(args: list, where: Path, *needles: str) -> str:
+    """:func:`refused`, and every file under ``where`` byte-identical afterwards."""
+    before = _bytes(where)
+    line = refused(args, where, *needles)
+    assert _bytes(where) == before
+    return line
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _inputs_of(world, command: str, place: Path) -> tuple[list, Path]:
+    """The argv of ``command`` (without --out) reading an input placed at ``place``, and that input."""
+    place.parent.mkdir(parents=True, exist_ok=True)
+    if command == "sentiment train":
+        shutil.copy(world["label"], place)
+        return ["sentiment", "train", "--data", place, "--encoder", world["enc"], "--epochs", "1"], place
+    if command == "index build":
+        shutil.copytree(world["run"], place)
+        return ["index", "build", "--model", place], place
+    if command == "distill":
+        np.save(place, np.ones((N_SYNTH, 2, 4), np.float32))
+        return ["distill", "--method", "none", *SYNTH, "--epochs", "1", "--frames", place], place
+    shutil.copy(world["root"] / "feats.h5" if (world["root"] / "feats.h5").exists() else world["label"], place)
+    return ["train", *SYNTH, "--dataset", place, "--epochs", "1"], place
+
+
+OUTPUT_COMMANDS = ["sentiment train", "index build", "distill", "train"]
+
+
+@SETTINGS
+@given(command=st.sampled_from(OUTPUT_COMMANDS), relation=st.sampled_from(["equal", "holds", "inside", "grandparent"]),
+       overwrite=st.booleans())
+def test_an_output_never_equals_holds_or_sits_inside_an_input(world, command, relation, overwrite):
+    """--out that is, contains or lies inside the command's own input: refused even with --overwrite."""
+    case = _case(world)
+    name = {"sentiment train": "label.csv", "index build": "run", "distill": "frames.npy", "train": "d.h5"}[command]
+    argv, inp = _inputs_of(world, command, case / "D" / "sub" / name)
+    out = {"equal": inp, "holds": inp.parent, "inside": inp / "x", "grandparent": case / "D"}[relation]
+    refused_untouched([*argv, "--out", out, *(["--overwrite"] if overwrite else [])], case,
+                      "which this command reads")
+
+
+@pytest.mark.parametrize("target", [".", ".."])
+def test_out_dot_or_dotdot_is_refused_even_with_overwrite(world, monkeypatch, target):
+    case = _case(world)
+    work = case / "w"
+    work.mkdir()
+    (work / "mine.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    refused_untouched(["train", *SYNTH, "--epochs", "1", "--out", target, "--overwrite"], case, "current directory")
+
+
+@pytest.mark.parametrize("target", ["notes", "run.json", "model-config", "link", "report-link", "fifo", "dir",
+                                    "dev-link"])
+@pytest.mark.parametrize("command", ["eval", "sentiment eval"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_json_out_never_replaces_what_is_not_an_eval_report(world, target, command, overwrite):
+    """--json-out: a user's file, the model's own files, a symlink (never followed), a FIFO, a directory;
+    with --overwrite only a user's regular file may be replaced."""
+    if overwrite and target == "notes":
+        pytest.skip("--overwrite replaces a user's regular file: that is what it is for")
+    case = _case(world)
+    model = case / "model-run"
+    shutil.copytree(world["run"] if command == "eval" else world["srun"], model)
+    (case / "notes.json").write_text('{"mine": true}\n')
+    paths = {"notes": case / "notes.json", "run.json": model / "run.json",
+             "model-config": model / "model" / "config.json", "link": case / "link.json",
+             "fifo": case / "fifo.json", "dir": case / "dir.json", "dev-link": case / "stdout.json"}
+    (case / "link.json").symlink_to(case / "notes.json")
+    (case / "report.json").write_text(json.dumps({"kind": "avret.eval-report", "rows": {}}))
+    (case / "report-link.json").symlink_to(case / "report.json")  # even to a report: never written through
+    paths["report-link"] = case / "report-link.json"
+    os.mkfifo(case / "fifo.json")
+    (case / "dir.json").mkdir()
+    (case / "stdout.json").symlink_to("/dev/stdout")
+    argv = (["eval", "--model", model, *SYNTH] if command == "eval" else
+            ["sentiment", "eval", "--model", model, "--data", world["label"]])
+    refused_untouched([*argv, "--json-out", paths[target], *(["--overwrite"] if overwrite else [])], case,
+                      "--json-out")
+
+
+def test_json_out_replaces_an_earlier_report_and_a_user_file_only_with_overwrite(world):
+    case = _case(world)
+    report = case / "eval.json"
+    res = CliRunner().invoke(app, ["eval", "--model", world["run"], *SYNTH, "--json-out", report])
+    assert res.exit_code == 0, res.output
+    assert json.loads(report.read_text())["kind"] == "avret.eval-report"
+    legacy = {"dataset": "vegas-synth", "split": "test", "rows": {}}  # a report of an earlier version
+    report.write_text(json.dumps(legacy))
+    res = CliRunner().invoke(app, ["eval", "--model", world["run"], *SYNTH, "--json-out", report])
+    assert res.exit_code == 0, res.output  # make demo rewrites runs/demo/eval.json on every run
+    mine = case / "mine.json"
+    mine.write_text("notes")
+    refused_untouched(["eval", "--model", world["run"], *SYNTH, "--json-out", mine], case, "not an earlier eval report")
+    res = CliRunner().invoke(app, ["eval", "--model", world["run"], *SYNTH, "--json-out", mine, "--overwrite"])
+    assert res.exit_code == 0 and json.loads(mine.read_text())["kind"] == "avret.eval-report"
+
+
+def test_an_output_of_another_kind_or_a_look_alike_folder_is_refused(world):
+    """sentiment train never replaces a retrieval run; features extract never writes into a folder that
+    merely holds a manifest.csv/failures.json; a run.json without avret's record does not make a run."""
+    case = _case(world)
+    retrieval = case / "retrieval"
+    shutil.copytree(world["run"], retrieval)
+    refused_untouched(["sentiment", "train", "--data", world["label"], "--encoder", world["enc"], "--out", retrieval],
+                      case, "retrieval run")
+    fake = case / "fake"
+    fake.mkdir()
+    (fake / "run.json").write_text('{"my": "notes"}')
+    refused_untouched(["train", *SYNTH, "--epochs", "1", "--out", fake], case, "not an earlier")
+    from avret.errors import AvretError
+    from avret.utils.atomic import FEATURES_KIND, check_output
+
+    folder = case / "mine"
+    folder.mkdir()
+    (folder / "manifest.csv").write_text("clip_id,label\nx,y\n")
+    (folder / "failures.json").write_text("[]")
+    before = _bytes(case)
+    with pytest.raises(AvretError, match="not an earlier features folder"):
+        check_output(folder, FEATURES_KIND)
+    assert _bytes(case) == before
+
+
+LOOK_ALIKES = st.sampled_from([
+    ".idx.old-{pid}-backup/todo.txt", ".idx.tmp-{pid}-draft.txt", ".idx.old-notes/todo.txt",
+    ".idx.tmp-{pid}-probe-keep/x", ".idx.old-{pid}-x/x/mine.txt",
+])
+
+
+@SETTINGS
+@given(names=st.lists(LOOK_ALIKES, min_size=1, max_size=3, unique=True))
+def test_crash_recovery_leaves_look_alike_temporaries_alone(world, names):
+    """Files and folders whose names only look like avret's temporaries (no marker) survive a rebuild of
+    the output beside them byte for byte, and an output replaced over them is still replaced."""
+    case = _case(world)
+    idx = case / "idx"
+    shutil.copytree(world["idx"], idx)
+    pid = _dead_pid()
+    for name in names:
+        p = case / name.format(pid=pid)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"user data {name}")
+    before = {k: v for k, v in _bytes(case).items() if not k.startswith("idx")}
+    res = CliRunner().invoke(app, ["index", "build", "--model", world["run"], *SYNTH, "--out", idx])
+    assert res.exit_code == 0, res.output
+    after = {k: v for k, v in _bytes(case).items() if not k.startswith("idx")}
+    assert after == before
+
+
+PATH_PARTS = st.one_of(
+    st.integers(256, 400).map(lambda n: ("long-name", n)),
+    st.integers(4100, 6000).map(lambda n: ("long-path", n)),
+)
+
+
+@SETTINGS
+@given(part=PATH_PARTS, option=st.sampled_from(["--out", "--dataset", "--json-out", "--frames"]))
+def test_paths_too_long_for_the_file_system(world, part, option):
+    case = _case(world)
+    kind, n = part
+    name = "a" * n if kind == "long-name" else "/".join(["b" * 99] * (n // 100))
+    path = case / name
+    if option == "--json-out":
+        argv = ["eval", "--model", world["run"], *SYNTH, "--json-out", path]
+    elif option == "--frames":
+        argv = ["distill", "--method", "none", *SYNTH, "--epochs", "1", "--frames", path, "--out", case / "o"]
+    elif option == "--dataset":
+        argv = ["train", "--dataset", path, "--epochs", "1", "--out", case / "o"]
+    else:
+        argv = ["train", *SYNTH, "--epochs", "1", "--out", path]
+    refused_untouched(argv, case)
+
+
+SEEDS = st.one_of(st.integers(max_value=-1), st.integers(min_value=2**32, max_value=2**80))
+
+
+@SETTINGS
+@given(seed=SEEDS, where=st.sampled_from([("train", "--seed"), ("train", "--synth-seed"), ("distill", "--seed"),
+                                          ("sentiment train", "--seed"), ("data make-av-digits", "--seed")]))
+def test_seeds_outside_unsigned_32_bits(world, seed, where):
+    case = _case(world)
+    command, option = where
+    extra = ["--data", world["label"]] if command == "sentiment train" else []
+    refused_untouched([*command.split(), *extra, option, str(seed), "--out", case / "o"], case, option)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["data", "make-av-digits", "--size", "100000"], "--size"),
+    (["data", "make-av-digits", "--workers", "-1"], "--workers"),
+    (["sentiment", "train", "--max-len", "100000"], "--max-len"),
+    (["train", "--synth-clips", "10000000000"], "--synth-clips"),
+])
+def test_out_of_range_sizes(world, argv, needle):
+    case = _case(world)
+    refused_untouched([*argv, "--out", case / "o"], case, needle)
+
+
+FORGED = st.one_of(
+    st.tuples(st.integers(10**6, 10**12), st.integers(1, 8), st.integers(1, 64)).map(lambda s: ("rows", s)),
+    st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(10**8, 10**13)).map(lambda s: ("width", s)),
+)
+
+
+@SETTINGS
+@given(forged=FORGED, suffix=st.sampled_from([".npy", ".npz"]), use=st.sampled_from(["frames", "query"]))
+def test_forged_array_headers_are_refused_before_allocation(world, forged, suffix, use):
+    """A header claiming far more than the file holds (1e9 rows, absurd widths): one line, nothing allocated."""
+    case = _case(world)
+    _kind, shape = forged
+    if use == "query":
+        shape, suffix = shape[1:], ".npy"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1,) * len(shape), np.float32))
+    header["shape"] = shape
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    buf.write(b"\0" * 64)
+    path = case / f"forged{suffix}"
+    if suffix == ".npy":
+        path.write_bytes(buf.getvalue())
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("teacher_frames.npy", buf.getvalue())
+    if use == "query":
+        refused_untouched(["search", "audio-to-video", "--index", world["idx"], "--query", path], case, "header claims")
+    else:
+        refused_untouched(["distill", "--method", "none", *SYNTH, "--epochs", "1", "--frames", path,
+                           "--out", case / "o"], case, "header claims")
+
+
+@pytest.mark.parametrize("layout", ["soft-link-loop", "huge-chunked"])
+def test_hostile_h5_files(world, layout):
+    case = _case(world)
+    path = case / "hostile.h5"
+    with h5py.File(path, "w") as f:
+        if layout == "soft-link-loop":
+            f["audio_feat"] = h5py.SoftLink("/loop")
+            f["loop"] = h5py.SoftLink("/audio_feat")
+        else:
+            f.create_dataset("audio_feat", shape=(10**10, 128), dtype="f4", chunks=(1, 128))
+        f["visual_feat"] = np.zeros((4, 8), np.float32)
+        f["Label_ID"] = np.zeros(4, np.int64)
+        f["Train_test"] = np.zeros(4, np.int64)
+    refused_untouched(["train", "--dataset", path, "--epochs", "1", "--out", case / "o"], case, "audio_feat")
+
+
+def test_a_fifo_where_a_file_is_read(world):
+    case = _case(world)
+    fifo = case / "lines.txt"
+    os.mkfifo(fifo)
+    refused_untouched(["sentiment", "predict", "--model", world["srun"], "--file", fifo], case, "not a regular file")
+    refused_untouched(["sentiment", "train", "--data", fifo, "--out", case / "o"], case, "lines.txt")
+
+
+@pytest.mark.parametrize("fps", ["1e9", "0", "nan", "inf"])
+def test_features_extract_ranges_up_front(world, fps):
+    case = _case(world)
+    (case / "a.wav").write_bytes(b"RIFF")
+    refused_untouched(["features", "extract", "--media", case / "a.wav", "--audio-encoder", "logmel",
+                       "--visual-encoder", "efficientnet-lite0", "--fps", fps, "--out", case / "o"], case, "fps")
+
+
+def test_an_index_with_nan_stored_embeddings_is_not_served(world):
+    import faiss
+
+    case = _case(world)
+    idx = case / "idx"
+    shutil.copytree(world["idx"], idx)
+    path = idx / "audio" / "index.faiss"
+    index = faiss.read_index(str(path))
+    vectors = index.reconstruct_n(0, index.ntotal)
+    vectors[3] = np.nan
+    index.reset()
+    index.add(vectors)
+    faiss.write_index(index, str(path))
+    refused_untouched(["search", "audio-to-video", "--index", idx, "--query", "synth_000001"], case, "NaN")
+
+
+@pytest.mark.parametrize("depth", [10_000, 200_000])
+@pytest.mark.parametrize("file", ["metadata.json", "manifest.json"])
+def test_index_metadata_nested_too_deeply(world, depth, file):
+    case = _case(world)
+    idx = case / "idx"
+    shutil.copytree(world["idx"], idx)
+    (idx / "visual" / file).write_text("[" * depth + "]" * depth)
+    refused_untouched(["search", "audio-to-video", "--index", idx, "--query", "synth_000001"], case, file)
+
+
+def test_an_idmap_factory_is_refused_before_any_work(world):
+    case = _case(world)
+    refused_untouched(["index", "build", "--model", world["run"], *SYNTH, "--factory", "IDMap,Flat",
+                       "--out", case / "idx"], case, "IDMap")
+
+
+@pytest.mark.parametrize("custom", ["auto_map", "python-file"])
+def test_an_encoder_folder_carrying_code_is_refused(world, custom):
+    """avret never runs code from a model folder (trust_remote_code stays False)."""
+    case = _case(world)
+    enc = case / "enc"
+    shutil.copytree(world["enc"], enc)
+    if custom == "auto_map":
+        cfg = json.loads((enc / "config.json").read_text())
+        cfg["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+        (enc / "config.json").write_text(json.dumps(cfg))
+    (enc / "modeling_evil.py").write_text("raise SystemExit('code from a model folder ran')\n")
+    refused_untouched(["sentiment", "train", "--data", world["label"], "--encoder", enc, "--epochs", "1",
+                       "--out", case / "o"], case, "never runs code")
+
+
+def test_a_clip_config_with_a_tiny_text_vocabulary(world):
+    case = _case(world)
+    cfg = case / "tiny-vocab-clip.json"
+    cfg.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                                               "patch_size": 16, "head_width": 16},
+                               "text_cfg": {"context_length": 16, "vocab_size": 8, "width": 16, "heads": 2,
+                                            "layers": 1}}))
+    frames = case / "frames.npy"
+    np.save(frames, np.ones((N_SYNTH, 2, 16), np.float32))
+    refused_untouched(["distill", "--method", "videoadviser", *SYNTH, "--epochs", "1", "--teacher-epochs", "1",
+                       "--frames", frames, "--clip-model", cfg, "--prompts", "shared", "--out", case / "o"],
+                      case, "vocab_size")

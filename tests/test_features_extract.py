@@ -344,11 +344,13 @@ def test_failed_start_on_weights_writes_nothing(models, media, tmp_path):
             extract_features([media / "noise.mp4"], out, cfg)
         assert "\n" not in str(exc.value)
         assert not out.exists()
-    # Into an existing directory: nothing new appears in it either.
+    # Into an existing directory of the user's: refused (it is no features folder), nothing new appears.
+    from avret.errors import AvretError
+
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "notes.txt").write_text("mine")
-    with pytest.raises(ModelError):
+    with pytest.raises(AvretError, match="not an earlier features folder"):
         extract_features([media / "noise.mp4"], existing, _config(models, vggish=bad_vggish))
     assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
 

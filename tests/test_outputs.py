@@ -119,26 +119,38 @@ def test_a_writer_killed_between_its_renames_loses_nothing(tmp_path, model_run):
 
     idx = tmp_path / "idx"
     assert CliRunner().invoke(app, ["index", "build", "--model", str(model_run), "--out", str(idx)]).exit_code == 0
+    from avret.utils.atomic import TEMP_MARKER
+
     pid = _dead_pid()
     # killed after "old aside", before "new in": no idx, the old one inside .idx.old-<pid>-*/x
     aside = tmp_path / f".idx.old-{pid}-abc"
     aside.mkdir()
+    (aside / TEMP_MARKER).write_text("avret temporary")  # every temporary of avret's carries its marker
     idx.rename(aside / "x")
     (tmp_path / f".idx.tmp-{pid}-def").mkdir()  # and the dead writer's half-written new output
+    (tmp_path / f".idx.tmp-{pid}-def" / TEMP_MARKER).write_text("avret temporary")
     (tmp_path / f".idx.tmp-{pid}-def" / "junk").write_text("half")
     live = tmp_path / f".idx.tmp-{__import__('os').getpid()}-live"  # a live writer's temp is left alone
     live.mkdir()
+    (live / TEMP_MARKER).write_text("avret temporary")
+    # look-alikes of a user's without the marker stay, whatever their names say
+    (tmp_path / ".idx.old-2025-backup").mkdir()
+    (tmp_path / ".idx.old-2025-backup" / "todo.txt").write_text("mine")
+    (tmp_path / f".idx.tmp-{pid}-draft.txt").write_text("mine")
     res = CliRunner().invoke(app, ["search", "audio-to-video", "--index", str(idx), "--query", "synth_000001",
                                    "-k", "3"])
     assert res.exit_code == 0, res.output  # the reader repaired it
     assert (idx / "visual" / "manifest.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", live.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", live.name, ".idx.old-2025-backup",
+                                                                 f".idx.tmp-{pid}-draft.txt"])
+    assert (tmp_path / ".idx.old-2025-backup" / "todo.txt").read_text() == "mine"
     shutil.rmtree(live)
     # the same for a model run: the reader restores it
     copy = tmp_path / "run"
     shutil.copytree(model_run, copy)
     aside = tmp_path / f".run.old-{pid}-x1"
     aside.mkdir()
+    (aside / TEMP_MARKER).write_text("avret temporary")
     copy.rename(aside / "x")
     assert load_model(copy).embed_dim > 0 and not aside.exists()
 
@@ -147,20 +159,31 @@ def test_a_directory_left_by_a_killed_writer_counts_as_empty(tmp_path):
     """Only empty directories and dead writers' temporaries: accepted (a distill killed right after it created
     --out); a live writer's temporary or any other file: refused."""
     import os
+    import shutil
 
     from avret.errors import AvretError
-    from avret.utils.atomic import RUN_MARKERS, check_output
+    from avret.utils.atomic import RUN_KIND, TEMP_MARKER, check_output
+
 
     out = tmp_path / "run"
     (out / "train_state").mkdir(parents=True)
-    (out / "train_state" / f".key.json.tmp-{_dead_pid()}-x1").write_text("half")
-    check_output(out, "run directory", RUN_MARKERS)
+    dead = out / "train_state" / f".key.json.tmp-{_dead_pid()}-x1"
+    dead.mkdir()
+    (dead / TEMP_MARKER).write_text("avret temporary")
+    (dead / "x").write_text("half")
+    check_output(out, RUN_KIND)
     live = out / "train_state" / f".key.json.tmp-{os.getpid()}-x2"
-    live.write_text("being written")
-    with pytest.raises(AvretError, match="not an earlier run directory"):
-        check_output(out, "run directory", RUN_MARKERS)
-    live.unlink()
+    live.mkdir()
+    (live / TEMP_MARKER).write_text("avret temporary")
+    with pytest.raises(AvretError, match="not an earlier retrieval run directory"):
+        check_output(out, RUN_KIND)
+    shutil.rmtree(live)
+    lookalike = out / "train_state" / f".key.json.tmp-{_dead_pid()}-draft.txt"  # a user's, no marker
+    lookalike.write_text("mine")
+    with pytest.raises(AvretError, match="not an earlier retrieval run directory"):
+        check_output(out, RUN_KIND)
+    lookalike.unlink()
     (out / "train_state" / "notes.txt").write_text("mine")
-    with pytest.raises(AvretError, match="not an earlier run directory"):
-        check_output(out, "run directory", RUN_MARKERS)
+    with pytest.raises(AvretError, match="not an earlier retrieval run directory"):
+        check_output(out, RUN_KIND)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the probe left nothing

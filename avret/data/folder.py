@@ -25,6 +25,7 @@ import numpy as np
 
 from avret.data.dataset import SPLITS, UNLABELLED, AVDataset, check_numeric
 from avret.errors import DataError
+from avret.utils.arrays import check_npy_file
 from avret.utils.atomic import recover_commits
 from avret.utils.csvfile import csv_errors
 
@@ -52,6 +53,7 @@ def load_npy(path: Path, what: str = "a .npy array (plain-folder layout)", mmap:
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected {what}")
+    check_npy_file(path)  # a header claiming more than the file holds: refused before any allocation
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -105,8 +107,12 @@ def read_folder_manifest(path: Path) -> tuple[list[str], list[str], list[str]]:
                     split = "val"
                 if split not in SPLITS:
                     raise DataError(f"{path}: line {lineno} has split '{split}', expected one of {list(SPLITS)}")
+                label = (row.get("label") or "").strip()
+                if _bad_clip_id(label.replace(",", "")):  # commas are fine in a class name, control characters not
+                    raise DataError(f"{path}: line {lineno} has label {label!r} holding a control character (a NUL?); "
+                                    "expected a printable class name")
                 ids.append(cid)
-                labels.append((row.get("label") or "").strip())
+                labels.append(label)
                 splits.append(split)
     return ids, labels, splits
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from avret.data.dataset import AVDataset, check_finite, check_numeric
 from avret.errors import DataError
+from avret.utils.arrays import check_h5_dataset, check_npz_file
 
 EXPECTED = ("expected a .npy (N, T, D) array, an .npz/.h5 file with key 'teacher_frames', "
             "or a folder from 'avret features extract'")
@@ -46,6 +47,7 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
     if suffix == ".npz":
         import zipfile
 
+        check_npz_file(path)  # a member header claiming more than it holds: refused before any allocation
         try:
             with np.load(path, allow_pickle=False) as data:
                 return _from_mapping(path, data, list(data.keys()))
@@ -71,8 +73,9 @@ def _value(path: Path, data, key: str) -> np.ndarray:
         entry = data[key]
         if hasattr(entry, "keys"):  # an h5 group
             raise DataError(f"{path}: key '{key}' is a group; expected a dataset (array)")
+        check_h5_dataset(entry, f"{path}: key '{key}'")
         return np.asarray(entry[()])
-    except (TypeError, ValueError, OSError, KeyError) as exc:
+    except (TypeError, ValueError, OSError, KeyError, RuntimeError, RecursionError, MemoryError) as exc:
         reason = "it holds pickled objects" if "Object arrays" in str(exc) else type(exc).__name__
         raise DataError(f"{path}: key '{key}' is not a readable array ({reason})") from None
 

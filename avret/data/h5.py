@@ -24,6 +24,7 @@ import numpy as np
 from avret.data.dataset import AVDataset, check_numeric
 from avret.data.folder import dequantize
 from avret.errors import DataError
+from avret.utils.arrays import check_h5_dataset
 
 VEGAS_CLASSES = [
     "baby_cry", "chainsaw", "dog", "drum", "fireworks",
@@ -42,8 +43,9 @@ def _read(h5, key: str, path: Path) -> np.ndarray:
         entry = h5[key]
         if not isinstance(entry, h5py.Dataset):
             raise DataError(f"{path}: key '{key}' is a {type(entry).__name__.lower()}; expected a dataset (array)")
+        check_h5_dataset(entry, f"{path}: key '{key}'")  # a huge declared dataset: refused before reading
         return np.asarray(entry[()])
-    except (KeyError, TypeError, ValueError, OSError) as exc:
+    except (KeyError, TypeError, ValueError, OSError, RuntimeError, RecursionError, MemoryError) as exc:
         raise DataError(f"{path}: key '{key}' is not a readable dataset ({type(exc).__name__})") from None
 
 

@@ -47,7 +47,7 @@ from avret.train import distributed as dist
 from avret.train.loop import STATE_FILE
 from avret.train.runs import run_metadata, towers_metadata
 from avret.train.tower_training import TrainConfig, train_towers
-from avret.utils.atomic import RUN_MARKERS, check_output, holds_output, write_json
+from avret.utils.atomic import OUTPUT_MARKER, RUN_KIND, check_output, mark_output, output_kind, write_json
 from avret.utils.device import resolve_device
 from avret.utils.seeding import seed_everything
 
@@ -244,10 +244,10 @@ def run_distillation(
     say = status or (lambda _msg: None)
     _check_options(cfg)
     out = Path(out)
-    check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)
+    check_output(out, RUN_KIND, overwrite=overwrite)
     resolve_device(tcfg.device)  # a bad --device fails here, before anything is written
     dist.init_from_env(tcfg.device)
-    if overwrite and out.exists() and not holds_output(out, RUN_MARKERS):
+    if overwrite and out.exists() and output_kind(out) != RUN_KIND:
         # an explicit --overwrite of something that is not a run: start from an empty directory
         dist.barrier()
         dist.on_main(lambda: _discard(out))
@@ -274,13 +274,22 @@ def run_distillation(
         require_teacher_view(dataset)  # before anything is written
     created = not out.exists()
     dist.barrier()  # every rank has looked at out before rank 0 creates it
-    dist.on_main(lambda: out.mkdir(parents=True, exist_ok=True))
+    dist.on_main(lambda: _make_run_dir(out))
     try:
         return _distill_into(dataset, out, cfg, tcfg, tower_config, say, progress, ref)
     except BaseException:
-        if created and dist.is_main_process() and out.is_dir() and not any(out.iterdir()):
+        if created and dist.is_main_process() and out.is_dir() and \
+                all(p.name == OUTPUT_MARKER for p in out.iterdir()):
+            (out / OUTPUT_MARKER).unlink(missing_ok=True)
             out.rmdir()  # nothing was written: leave no empty --out behind
         raise
+
+
+def _make_run_dir(out: Path) -> None:
+    """Create ``out`` (a resumable run directory) carrying the retrieval run's output marker."""
+    out.mkdir(parents=True, exist_ok=True)
+    if output_kind(out) is None:
+        mark_output(out, RUN_KIND)
 
 
 def _discard(path: Path) -> None:

@@ -68,12 +68,18 @@ from avret.features.shards import (
     write_shard,
 )
 from avret.models.clip import resolve_model_name
-from avret.utils.atomic import check_writable, sweep_temporaries
+from avret.utils.atomic import FEATURES_KIND, check_output, mark_output, output_kind, sweep_temporaries
 from avret.utils.device import resolve_device
 from avret.utils.versions import FEATURES_LIBRARIES, library_versions
 
 EXTRACT_CONFIG = "extract_config.json"
 FAILURES = "failures.json"
+#: Upper bounds of the extraction settings (checked before any media is read).
+MAX_FPS = 240.0
+MAX_FRAMES = 10_000
+MAX_BATCH = 65_536
+MAX_WORKERS = 256
+MAX_SECONDS = 7 * 86400.0
 FORMAT_VERSION = 1
 #: Seconds of a query file used by :func:`embed_query_media` by default (its first minute). Longer
 #: than the clips of VEGAS / AVE / AudioSet (10 s), so such a clip is embedded exactly as
@@ -152,16 +158,18 @@ class ExtractConfig:
         if (self.clip_model is None) != (self.clip_weights is None):
             raise ModelError("give both --clip-model and --clip-weights, or neither")
         _ = self.clip_arch  # an unknown or remote model name fails here, before any media is read
-        if not self.fps > 0:
-            raise AvretError(f"fps must be > 0, got {self.fps}")
-        if self.max_frames < 1:
-            raise AvretError(f"max_frames must be >= 1, got {self.max_frames}")
-        if self.batch_size < 1:
-            raise AvretError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise AvretError(f"workers must be >= 0, got {self.workers}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise AvretError(f"max_seconds must be > 0 (or None for whole files), got {self.max_seconds}")
+        # ranges up front: a frame rate of 1e9 would make the decoder seek forever
+        if not (isinstance(self.fps, (int, float)) and 0 < self.fps <= MAX_FPS):
+            raise AvretError(f"fps must be > 0 and <= {MAX_FPS:g} frames per second, got {self.fps}")
+        if not 1 <= self.max_frames <= MAX_FRAMES:
+            raise AvretError(f"max_frames must be in 1..{MAX_FRAMES}, got {self.max_frames}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise AvretError(f"batch_size must be in 1..{MAX_BATCH}, got {self.batch_size}")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise AvretError(f"workers must be in 0..{MAX_WORKERS}, got {self.workers}")
+        if self.max_seconds is not None and not 0 < self.max_seconds <= MAX_SECONDS:
+            raise AvretError(f"max_seconds must be > 0 and <= {MAX_SECONDS:g} (or None for whole files), "
+                             f"got {self.max_seconds}")
         for name in ("vggish", "vggish_pca", "clip_weights", "inception_weights", "inception_pca", "aisfx_weights",
                      "efficientnet_weights"):
             p = getattr(self, name)
@@ -584,6 +592,8 @@ class ExtractPlan:
     def start_writing(self) -> None:
         """Record the settings in the shard folder; call once the models have loaded, before the first shard."""
         record_settings(self.shard_dir, self.settings)
+        if output_kind(self.out_dir) is None:
+            mark_output(self.out_dir, FEATURES_KIND)
 
     def store_group(self, arrays: dict[str, np.ndarray]) -> int:
         """Write one shard (arrays of :meth:`FeatureExtractor.encode_group`); returns its number of clips."""
@@ -611,7 +621,10 @@ def plan_extraction(media: Sequence[str | Path], out_dir: str | Path, config: Ex
     labels = _read_labels(config.labels)
     settings = config.model_settings()
     check_settings(shard_dir, settings)  # reads only: a refused run writes nothing
-    check_writable(out_dir)  # a read-only or forbidden --out: one line before any media is decoded
+    # an earlier features folder (resumed), a new or empty one; never a user's folder or one inside the inputs;
+    # a read-only or forbidden --out: one line before any media is decoded
+    check_output(out_dir, FEATURES_KIND, reads=(*media, config.labels, config.clip_weights,
+                                                config.vggish, config.vggish_pca))
     sweep_temporaries(shard_dir)  # shards a killed run was writing
 
     done = read_done(shard_dir)

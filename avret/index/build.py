@@ -23,7 +23,7 @@ from avret.index.autoindex import choose_factory, parse_size
 from avret.index.searcher import MEDIA_FILE, media_table
 from avret.index.store import AVIndex
 from avret.models.base import Embedder
-from avret.utils.atomic import INDEX_MARKERS, atomic_dir, check_output, write_json
+from avret.utils.atomic import INDEX_KIND, atomic_dir, check_output, mark_output, write_json
 
 
 def build_indexes(
@@ -48,7 +48,7 @@ def build_indexes(
     ``max_memory``, ``target_recall``, ``shards`` (None: by size) and ``workers``: see :meth:`AVIndex.build`.
     """
     check_build_options(factory, max_memory, target_recall, shards, workers)
-    check_output(out, "index root", INDEX_MARKERS, overwrite=overwrite,
+    check_output(out, INDEX_KIND, overwrite=overwrite,
                  reads=(model.path.parent if model.path and Path(model.path).name == "model" else model.path,))
     gallery = dataset.subset(split)
     if len(gallery) == 0:
@@ -57,6 +57,7 @@ def build_indexes(
         choose_factory(len(gallery), model.embed_dim, None if max_memory is None else parse_size(max_memory))
     built: dict[str, AVIndex] = {}
     with atomic_dir(out) as tmp:
+        mark_output(tmp, INDEX_KIND)
         work = tmp / ".work"
         work.mkdir()
         for modality in modalities:
@@ -87,6 +88,9 @@ def build_indexes(
 def check_build_options(factory: str, max_memory: int | str | None, target_recall: float | None,
                         shards: int | None, workers: int | None) -> None:
     """Refuse bad ``index build`` options in one line (:class:`AvretError`) before any work is done."""
+    if "idmap" in factory.lower() or "idmap" in factory.replace(" ", "").lower():
+        raise AvretError(f"--factory {factory}: an IDMap takes ids of its own; avret keeps the clip ids itself "
+                         "(use the factory without IDMap, e.g. Flat, IVF256,Flat or HNSW32)")
     if factory != "auto" and (max_memory is not None or target_recall is not None):
         raise AvretError(f"--max-memory and --target-recall need --factory auto (got --factory {factory})")
     if max_memory is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avret.errors import QueryError
+from avret.errors import AvretError, QueryError
 
 MEDIA_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".mp4", ".mkv", ".webm", ".avi", ".mov"}
 
@@ -29,6 +29,14 @@ def load_query_array(path: Path) -> np.ndarray:
     Anything else — pickled objects, strings, complex numbers, a 0-d or 3-d array, no rows, a file
     that is not ``.npy`` at all — is a one-line :class:`QueryError`; nothing is ever unpickled.
     """
+    from avret.utils.arrays import check_npy_file
+    from avret.utils.csvfile import require_regular_file
+
+    try:
+        require_regular_file(path, "a .npy array of float rows (n, D)")
+    except AvretError as exc:
+        raise QueryError(str(exc)) from None
+    check_npy_file(path, QueryError)  # a forged header: refused before any allocation
     try:
         feats = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

@@ -130,6 +130,8 @@ class Searcher:
         if len(set(prints.values())) != 1:
             raise IndexError_(f"{self.root}: the audio and visual indexes were built by different models ({prints})")
         self.fingerprint = next(iter(prints.values()))
+        for ix in self.indexes.values():
+            _check_finite(ix)  # NaN/inf stored embeddings would be served as scores: refused at open
         first = next(iter(self.indexes.values())).manifest
         self.model_path = Path(model) if model is not None else (Path(first.model_path) if first.model_path else None)
         self.dataset = first.dataset
@@ -329,6 +331,21 @@ class Searcher:
                 raise QueryError(f"classes: unknown class {name!r}; expected one of {gallery.class_names}")
             ids.append(gallery.class_names.index(name))
         return np.flatnonzero(np.isin(gallery.labels, ids)).astype(np.int64)
+
+
+def _check_finite(ix: AVIndex, batch: int = 65536) -> None:
+    """Refuse an index whose stored embeddings hold NaN or infinity (checked in batches, bounded memory)."""
+    for start in range(0, ix.count, batch):
+        rows = np.arange(start, min(start + batch, ix.count))
+        try:
+            emb = ix.embeddings_of(rows)
+        except IndexError_:
+            return  # a factory that keeps no exact vectors: its scores are checked per search
+        bad = ~np.isfinite(emb).all(axis=1)
+        if bad.any():
+            row = int(rows[np.flatnonzero(bad)[0]])
+            raise IndexError_(f"{ix.path or 'index'}: the stored embedding of clip {str(ix.clip_ids[row])!r} "
+                              "holds NaN or infinity; rebuild the index (avret index build)")
 
 
 def _read_media(path: Path) -> dict[str, Any]:

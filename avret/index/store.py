@@ -670,6 +670,8 @@ def read_index_manifest(path: str | os.PathLike[str]) -> IndexManifest:
         raw = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexError_(f"{mpath}: unreadable manifest: {exc}") from None
+    except RecursionError:  # JSON nested thousands deep
+        raise IndexError_(f"{mpath}: nested too deeply; expected the manifest object of avret index") from None
     return IndexManifest.from_dict(raw, source=str(mpath))
 
 
@@ -711,6 +713,8 @@ def _read_metadata(mpath: Path, count: int) -> tuple[np.ndarray, np.ndarray, lis
         raw = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexError_(f"{mpath}: unreadable metadata: {exc}") from None
+    except RecursionError:  # JSON nested thousands deep
+        raise IndexError_(f"{mpath}: nested too deeply; expected a JSON object of clip ids, labels, classes") from None
     if not isinstance(raw, dict):
         raise IndexError_(f"{mpath}: expected a JSON object, got {type(raw).__name__}")
     for key in ("clip_ids", "labels", "class_names"):

@@ -152,12 +152,34 @@ def register_model_config(path: str | os.PathLike[str]) -> str:
             f"--clip-model config file {path}: expected an open_clip model config with keys "
             f"{', '.join(_REQUIRED_KEYS)}"
         )
+    _check_config_values(path, cfg)
     _register_builtin_configs()  # first, so that a user's file of the same name wins
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     if _registered.get(path.stem) != key:
         open_clip.add_model_config(path)
         _registered[path.stem] = key
     return path.stem
+
+
+#: The token ids open_clip's own tokenizer produces (a smaller text vocabulary would index past its table).
+CLIP_TOKENIZER_VOCAB = 49408
+
+
+def _check_config_values(path: Path, cfg: dict[str, Any]) -> None:
+    """The values a model is built from: positive sizes (the text vocabulary is checked where text is
+    tokenized, :func:`load_clip_tokenizer`: a frames-only use needs no text tower)."""
+    text, vision = cfg.get("text_cfg"), cfg.get("vision_cfg")
+    if not isinstance(text, dict) or not isinstance(vision, dict):
+        raise ModelError(f"--clip-model config file {path}: text_cfg and vision_cfg must be JSON objects")
+    embed = cfg.get("embed_dim")
+    if not isinstance(embed, int) or isinstance(embed, bool) or not 1 <= embed <= 65536:
+        raise ModelError(f"--clip-model config file {path}: embed_dim is {embed!r}; expected an integer in 1..65536")
+    vocab = text.get("vocab_size", CLIP_TOKENIZER_VOCAB)
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        raise ModelError(f"--clip-model config file {path}: text_cfg.vocab_size is {vocab!r}; expected an integer")
+    ctx = text.get("context_length", 77)
+    if not isinstance(ctx, int) or not 2 <= ctx <= 4096:
+        raise ModelError(f"--clip-model config file {path}: text_cfg.context_length is {ctx!r}; expected 2..4096")
 
 
 def resolve_model_name(name: str) -> str:
@@ -514,6 +536,11 @@ def load_clip_tokenizer(name: str) -> Any:
     arch = resolve_model_name(name)
     cfg = open_clip.get_model_config(arch) or {}
     if not (cfg.get("text_cfg", {}).get("hf_tokenizer_name") or "siglip" in arch.lower()):
+        vocab = cfg.get("text_cfg", {}).get("vocab_size", CLIP_TOKENIZER_VOCAB)
+        if not isinstance(vocab, int) or vocab < CLIP_TOKENIZER_VOCAB:  # token ids would index past the table
+            raise ModelError(f"--clip-model '{name}': text_cfg.vocab_size is {vocab!r}; open_clip's tokenizer "
+                             f"produces ids up to {CLIP_TOKENIZER_VOCAB - 1}, so text prompts need at least "
+                             f"{CLIP_TOKENIZER_VOCAB}")
         return open_clip.get_tokenizer(arch)
     # These tokenizers come from the Hugging Face hub; only its local cache may be used.
     old = os.environ.get("HF_HUB_OFFLINE")

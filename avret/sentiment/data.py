@@ -21,7 +21,7 @@ from pathlib import Path
 
 from avret.data.locations import shared_data_dir, where_from
 from avret.errors import DataError
-from avret.utils.csvfile import csv_errors
+from avret.utils.csvfile import csv_errors, require_regular_file
 
 SPLITS = ("train", "dev", "test")
 SPLIT_ALIASES = {"train": "train", "dev": "dev", "valid": "dev", "val": "dev", "validation": "dev",
@@ -68,7 +68,7 @@ def load_label_csv(path: str | Path) -> list[SentimentExample]:
         DataError: missing file or column, a row without text, a label that is not a number in
             [-3, 3], an unknown split, or a duplicate id, naming the file, line and field.
     """
-    path = Path(path)
+    path = require_regular_file(path, LABEL_CSV)
     try:
         fh = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:
@@ -155,7 +155,7 @@ def require_splits(examples: Sequence[SentimentExample], path: str | Path,
 
 def read_lines(path: str | Path) -> list[str]:
     """Non-empty lines of a UTF-8 text file (``predict --file``)."""
-    path = Path(path)
+    path = require_regular_file(path, "a UTF-8 text file, one text per line")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -165,7 +165,7 @@ def read_lines(path: str | Path) -> list[str]:
 
 def read_teacher_scores(path: str | Path) -> dict[str, float]:
     """Read a teacher score file: CSV with header ``id,score`` (one finite float per id)."""
-    path = Path(path)
+    path = require_regular_file(path, "a teacher score CSV: id,score")
     try:
         fh = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:

@@ -92,7 +92,7 @@ def _load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # transformers raises many types for a broken folder
         raise ModelError(f"{path}: cannot load a tokenizer ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -109,6 +109,26 @@ def _legacy_config(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def refuse_custom_code(path: Path) -> None:
+    """avret never executes code from a model folder: a folder that carries its own model code (an
+    ``auto_map`` in its config files, or Python files) is refused in one line."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            raw = json.loads((path / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise ModelError(f"{path / name}: not a readable JSON object; expected a Hugging Face model config") \
+                from None
+        if isinstance(raw, dict) and ("auto_map" in raw or "custom_pipelines" in raw):
+            raise ModelError(f"{path / name}: names custom model code (auto_map); avret never runs code from a "
+                             "model folder (use a standard transformers architecture)")
+    code = sorted(p.name for p in path.glob("*.py"))
+    if code:
+        raise ModelError(f"{path}: carries Python code ({', '.join(code[:3])}); avret never runs code from a "
+                         "model folder (use a folder of config, tokenizer and weight files only)")
+
+
 def load_encoder(path: str | Path) -> tuple[nn.Module, Any]:
     """Load a pretrained encoder and its tokenizer from a local folder (never downloads)."""
     from transformers import AutoModel
@@ -116,10 +136,11 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, Any]:
     path = Path(path).expanduser()
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: no config.json (expected a local Hugging Face model folder)")
+    refuse_custom_code(path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tokenizer = _load_tokenizer(path)
     try:
-        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise ModelError(f"{path}: cannot load an encoder ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

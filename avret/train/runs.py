@@ -20,7 +20,7 @@ from avret.models.towers import TowerConfig
 from avret.train import distributed as dist
 from avret.train.loop import Progress
 from avret.train.tower_training import TrainConfig, TrainResult, ValMetric, mean_map, train_towers
-from avret.utils.atomic import RUN_MARKERS, check_output
+from avret.utils.atomic import RUN_KIND, check_output
 
 CCA_COMPONENTS = (8, 16, 32, 64, 128)
 CCA_REGS = (1e-3, 1e-2, 1e-1)
@@ -84,7 +84,7 @@ def train_run(
     ``out`` may only replace an earlier run directory unless ``overwrite`` (checked before training).
     Under torchrun every rank trains, rank 0 writes ``out`` and every rank returns it.
     """
-    check_output(out, "run directory", RUN_MARKERS, overwrite=overwrite)
+    check_output(out, RUN_KIND, overwrite=overwrite)
     cfg = train_config or TrainConfig()
     dist.init_from_env(cfg.device)
     if model_type == "cca":  # closed form: every rank fits the same (cheap), rank 0 writes

@@ -22,3 +22,21 @@ def csv_errors(path: str | Path, expected: str, line: Callable[[], int | None] =
     except UnicodeDecodeError as exc:
         after = f" after line {line()}" if line() else ""
         raise DataError(f"{path}: not UTF-8 text ({exc.reason}{after}); expected {expected}") from None
+
+
+def require_regular_file(path: str | Path, expected: str) -> Path:
+    """``path`` when it is a regular file (a symlink to one counts); a missing path, a directory, a FIFO
+    or a device is one :class:`DataError` line (a FIFO would block the reader forever)."""
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; expected {expected}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc}); expected {expected}") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file (a directory, FIFO, socket or device); expected {expected}")
+    return path
