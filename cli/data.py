@@ -33,8 +33,8 @@ def make_av_digits_cmd(
                                min=1, max=1000),
     size: int = typer.Option(64, "--size", help="Picture width and height in pixels (even, 16 .. 1024).",
                              min=16, max=1024),
-    workers: int | None = typer.Option(None, "--workers", help="Rendering processes (default: CPU count, max 8).",
-                                       min=1, max=64),
+    workers: int | None = typer.Option(None, "--workers", help="Rendering processes (default: CPU count, max 8; "
+                                       "0 or 1 renders in this process).", min=0, max=64),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not an earlier "
                                    "av-digits output."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from avret.errors import AvretError, IndexError_
 from avret.index import AVIndex, autoindex
 from avret.index.autoindex import choose_factory, choose_nprobe, estimate_bytes, parse_size
+from avret.utils.atomic import OUTPUT_MARKER
 from avret_cli.main import app
 
 FP = "f" * 64
@@ -143,7 +144,8 @@ def test_cli_sharded_index_searches_exactly_like_the_unsharded_one(tiny_run, tmp
     for mod in ("visual", "audio"):
         m = json.loads((sharded / mod / "manifest.json").read_text())
         assert m["shards"] == 3 and m["factory"] == "Flat"
-        assert not any(p.name.startswith(".") for p in (sharded).iterdir())  # no work files left behind
+        # no work files left behind: only the output's kind marker is hidden
+        assert [p.name for p in sharded.iterdir() if p.name.startswith(".")] == [OUTPUT_MARKER]
     names = json.loads((plain / "visual" / "metadata.json").read_text())["class_names"]
     queries = ",".join(json.loads((plain / "audio" / "metadata.json").read_text())["clip_ids"][::50])
     cases = (("audio-to-video", []), ("video-to-audio", []), ("audio-to-video", ["--classes", names[1]]))

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from avret.errors import AvretError, QueryError, UnknownClipError
 from avret.index.manifest import QUERY_FOR
 from avret.index.searcher import Searcher
+from avret.serve.app import ErrorBody
 from avret.serve.previews import PreviewCache
 
 LOG = logging.getLogger("avret.serve")
@@ -70,12 +71,6 @@ class PageLinks(BaseModel):
     """``GET /page/links``: the evaluation report of the index's model, or null."""
 
     report: str | None
-
-
-class ErrorBody(BaseModel):
-    """Every 4xx answer: one line."""
-
-    error: str
 
 
 def configure_request_log(level: int = logging.INFO) -> None:

@@ -197,8 +197,8 @@ def check_report_out(path: str | os.PathLike[str], *, overwrite: bool = False,
                          "of a regular file)")
     if path.exists():
         if not path.is_file():
-            raise AvretError(f"{option} {path}: exists and is not a regular file (a directory, FIFO or device); "
-                             "expected the path of a JSON report to write")
+            kind = "is a directory" if path.is_dir() else "exists and is not a regular file (a FIFO or device)"
+            raise AvretError(f"{option} {path}: {kind}; expected the path of a JSON report to write")
         if not overwrite and not is_report(path):
             raise AvretError(f"{option} {path}: exists and is not an earlier eval report; refusing to replace "
                              f"it (choose another {option}, or pass --overwrite)")
