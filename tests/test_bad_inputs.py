@@ -864,3 +864,21 @@ def test_a_clip_config_with_a_tiny_text_vocabulary(world):
     refused_untouched(["distill", "--method", "videoadviser", *SYNTH, "--epochs", "1", "--teacher-epochs", "1",
                        "--frames", frames, "--clip-model", cfg, "--prompts", "shared", "--out", case / "o"],
                       case, "vocab_size")
+
+
+@pytest.mark.parametrize("factory", ["HNSW8", "IVF4,Flat"])
+@pytest.mark.parametrize("claim", [2**20, 2**38])
+def test_forged_hnsw_and_ivf_tables_are_refused_before_faiss_allocates(world, factory, claim):
+    """A table length inside index.faiss (HNSW level probabilities, an IVF list's size) forged to a huge
+    number: one line, refused before FAISS reads (and allocates) it."""
+    case = _case(world)
+    idx = case / "idx"
+    res = CliRunner().invoke(app, ["index", "build", "--model", world["run"], *SYNTH, "--factory", factory,
+                                   "--out", idx])
+    assert res.exit_code == 0, res.output
+    path = idx / "audio" / "index.faiss"
+    raw = bytearray(path.read_bytes())
+    at = 37 if factory.startswith("HNSW") else raw.find(b"ilar") + 32  # assign_probas / the first list's size
+    struct.pack_into("<Q", raw, at, claim)
+    path.write_bytes(bytes(raw))
+    refused_untouched(["search", "audio-to-video", "--index", idx, "--query", "synth_000001"], case, "forged")

@@ -342,3 +342,32 @@ def test_a_forged_media_table_cannot_reach_outside_the_media_root(media_index, t
     hits = client.post("/search", json={"direction": "audio-to-video", "clip_ids": ["c0"], "k": 12}).json()
     urls = {h["clip_id"]: h.get("media_url") for h in hits["queries"][0]["results"]}
     assert urls["c1"] is None and urls["c2"] is None and urls["c3"] == "/media/c3"
+
+
+def test_framework_errors_are_one_line_json_with_their_headers(media_client):
+    """A wrong method keeps its Allow header; a bad or unsatisfiable Range is the one-line JSON error;
+    a wrong token carries WWW-Authenticate; /openapi.json and /docs need the token."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    res = media_client.post("/health")
+    assert res.status_code == 405 and "GET" in res.headers.get("allow", ""), res.headers
+    assert list(res.json()) == ["error"]
+    for rng, status in (("bytes=zz", 400), ("bytes=999999999-", 416)):
+        res = media_client.get("/media/c3", headers={**auth, "Range": rng})
+        assert res.status_code == status, (rng, res.status_code, res.text[:200])
+        assert res.headers["content-type"] == "application/json" and list(res.json()) == ["error"], res.text
+    res = media_client.get("/info", headers={"Authorization": "Bearer wrong-token"})
+    assert res.status_code == 401 and res.headers.get("www-authenticate", "").startswith("Bearer")
+    assert media_client.get("/openapi.json").status_code == 401
+    assert media_client.get("/docs").status_code == 401
+    assert media_client.get("/openapi.json", headers=auth).status_code == 200
+    docs = media_client.get(f"/docs?token={TOKEN}")
+    assert docs.status_code == 200 and f"/openapi.json?token={TOKEN}" in docs.text
+
+
+def test_an_upload_error_never_names_the_server_temp_path(media_client):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    res = media_client.post("/search/media", headers=auth, data={"direction": "audio-to-video"},
+                            files={"file": ("broken.wav", b"RIFF not really a wav file" * 10, "audio/wav")})
+    assert res.status_code == 400, res.text
+    err = res.json()["error"]
+    assert "avret-upload-" not in err and "/tmp" not in err and "query.wav" not in err, err

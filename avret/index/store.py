@@ -202,6 +202,63 @@ def check_index_file(ipath: Path, dim: int, count: int, ivfdata: Path | None = N
     if size < least:
         raise IndexError_(f"{ipath}: a {fourcc.decode('latin-1')!r} index of {count} x {dim} vectors takes at least "
                           f"{least} bytes; this file has {size} (truncated or forged)")
+    if fourcc.startswith(_HNSW_PREFIX):
+        _check_hnsw_tables(ipath, size, count)
+    elif fourcc.startswith(_IVF_PREFIX):
+        _check_ivf_lists(ipath, size, fixed, count)
+
+
+def _check_hnsw_tables(ipath: Path, size: int, count: int) -> None:
+    """The HNSW graph's tables (level probabilities, neighbours per level, levels, offsets, neighbours)
+    must have plausible lengths that fit in the file: FAISS allocates each before reading it."""
+    tables = (("assign_probas", 8, 0, 64), ("cum_nneighbor_per_level", 4, 0, 65), ("levels", 4, count, count),
+              ("offsets", 8, count + 1, count + 1), ("neighbors", 4, 0, None))
+    with open(ipath, "rb") as fh:
+        pos = _HEADER.size
+        fh.seek(pos)
+        for name, width, low, high in tables:
+            raw = fh.read(8)
+            n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+            if n < low or (high is not None and n > high) or pos + 8 + n * width > size:
+                want = f"{low}" if low == high else f"at most {high}" if high is not None else "what the file holds"
+                raise IndexError_(f"{ipath}: the HNSW table '{name}' claims {n} entries; expected {want} "
+                                  f"(a forged or damaged index)")
+            pos += 8 + n * width
+            fh.seek(pos)
+
+
+_ILAR = b"ilar"
+
+
+def _check_ivf_lists(ipath: Path, size: int, start: int, count: int) -> None:
+    """An IVF file's inverted lists (``ilar``): as many lists as its header says, list sizes summing to
+    the vectors it holds, and the file holding their codes and ids -- FAISS allocates every list before
+    reading it. A layout this check does not know is left to the other checks."""
+    import mmap
+
+    with open(ipath, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        nlist = struct.unpack_from("<Q", mm, _HEADER.size)[0]
+        at = mm.find(_ILAR, start)
+        while at != -1 and at + 28 <= size:
+            n_lists, code_size = struct.unpack_from("<QQ", mm, at + 4)
+            kind = mm[at + 20:at + 24]
+            if n_lists == nlist and kind in (b"full", b"sprs") and 0 < code_size < (1 << 20):
+                break
+            at = mm.find(_ILAR, at + 1)
+        else:
+            return
+        pos = at + 24
+        n = struct.unpack_from("<Q", mm, pos)[0] if pos + 8 <= size else -1
+        if kind == b"full" and n != nlist or kind == b"sprs" and (n % 2 or n > 2 * nlist) or pos + 8 + 8 * n > size:
+            raise IndexError_(f"{ipath}: the IVF list table claims {n} entries for {nlist} lists "
+                              "(a forged or damaged index)")
+        values = struct.unpack_from(f"<{n}Q", mm, pos + 8) if n else ()
+        sizes = values if kind == b"full" else values[1::2]
+        total = sum(sizes)
+        data = size - (pos + 8 + 8 * n)
+        if total != count or total * (code_size + 8) > data:
+            raise IndexError_(f"{ipath}: the IVF lists claim {total} vectors of {code_size}-byte codes; the index "
+                              f"holds {count} and the file {data} bytes of lists (a forged or damaged index)")
 
 
 def _check_ivfdata(ipath: Path, ivfdata: Path, fourcc: bytes, dim: int, count: int) -> None:
