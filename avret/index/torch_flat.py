@@ -32,11 +32,14 @@ the float32 one; the margin only decides how often the fallback runs (counted in
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from avret.utils.cuda import cuda_visible
+
+__all__ = ["PRECISIONS", "TorchFlat", "cuda_visible", "faiss_tie_rule", "knn_fp32", "lowp_error_bound",
+           "order_like_faiss", "select_like_faiss", "topk_candidates"]
 
 #: Precisions of the gallery scan (the answer is float32 in all of them).
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -46,28 +49,6 @@ _UNIT = {"bf16": 2.0**-8, "fp16": 2.0**-11}
 _FP16_MAX = 65504.0
 #: Bytes of scores one block (queries x gallery rows) may take.
 BLOCK_BYTES = {"cuda": 1 << 30, "cpu": 1 << 27}
-
-
-def cuda_visible() -> bool:
-    """Whether torch sees a CUDA device, without importing torch on a machine with no NVIDIA driver.
-
-    ``avret search`` by clip id must not pay torch's import on a CPU-only machine, so torch is
-    imported only when it already is, or when the NVIDIA driver is present (``/proc/driver/nvidia``).
-    """
-    import sys
-
-    if "torch" not in sys.modules and not Path("/proc/driver/nvidia").exists() and not os.environ.get(
-        "AVRET_TORCH_PROBE"
-    ):
-        return False
-    try:
-        import torch
-    except ImportError:
-        return False
-    try:
-        return bool(torch.cuda.is_available())
-    except Exception:  # a broken CUDA install must not break CPU use
-        return False
 
 
 def lowp_error_bound(precision: str, dim: int, q_norm: Any, x_norm_max: float) -> Any:
