@@ -16,7 +16,8 @@ from avret.io import load_model, read_run
 
 
 def evaluate_paths(
-    paths: list[str | Path], dataset: AVDataset, split: str = "test", progress: ProgressFn | None = None
+    paths: list[str | Path], dataset: AVDataset, split: str = "test", progress: ProgressFn | None = None,
+    device: str = "auto",
 ) -> dict[str, CrossModalReport]:
     """Evaluate each saved model (run directory or model directory); keys are row names."""
     rows: dict[str, CrossModalReport] = {}
@@ -27,5 +28,5 @@ def evaluate_paths(
         name = f"{model.model_type} ({'distill: ' + method if method not in ('none', '?') else 'no distillation'})"
         if name in rows:
             name = f"{name} [{Path(path).name}]"
-        rows[name] = evaluate_model(model, dataset, split, progress)
+        rows[name] = evaluate_model(model, dataset, split, progress, device=device)
     return rows

@@ -72,3 +72,23 @@ def test_bad_device_is_one_line():
     if not __import__("torch").cuda.is_available():
         with pytest.raises(AvretError, match="no CUDA GPU"):
             cross_modal_report(q[:10], q[:10], ql[:10], device="cuda")
+
+
+def test_cli_eval_device_is_recorded_and_changes_nothing(tmp_path, tiny_run):
+    import json
+
+    from typer.testing import CliRunner
+
+    from avret_cli.main import app
+
+    runner = CliRunner()
+    out = {}
+    for device in ("cpu", "torch-cpu"):
+        res = runner.invoke(app, ["eval", "--model", str(tiny_run), "--synth-clips", "600", "--synth-seed", "1",
+                                  "--device", device, "--details", "--json-out", str(tmp_path / f"{device}.json")])
+        assert res.exit_code == 0, res.output
+        assert "ranked on device cpu" in res.output
+        out[device] = json.loads((tmp_path / f"{device}.json").read_text())
+    assert out["cpu"]["device"] == "cpu" and out["cpu"]["rows"] == out["torch-cpu"]["rows"]
+    res = runner.invoke(app, ["eval", "--model", str(tiny_run), "--device", "tpu"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and "device 'tpu'" in res.output

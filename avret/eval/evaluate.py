@@ -32,8 +32,9 @@ def evaluate_model(
     split: str = "test",
     progress: ProgressFn | None = None,
     ks: tuple[int, ...] = (1, 5, 10, 50, 100),
+    device: str = "auto",
 ) -> CrossModalReport:
-    """A→V and V→A retrieval metrics of ``model`` on ``dataset``'s ``split``."""
+    """A→V and V→A retrieval metrics of ``model`` on ``dataset``'s ``split`` (ranked on ``device``)."""
     test = dataset.subset(split)
     if len(test) == 0:
         raise DataError(f"{dataset.name}: split '{split}' is empty; nothing to evaluate")
@@ -41,4 +42,5 @@ def evaluate_model(
         raise DataError(f"{dataset.name}: split '{split}' has unlabelled clips; mAP needs a label per clip")
     audio = model.embed("audio", test.audio)
     visual = model.embed("visual", test.visual)
-    return cross_modal_report(audio, visual, test.labels, test.class_names, ks=ks, progress=progress)
+    return cross_modal_report(audio, visual, test.labels, test.class_names, ks=ks, progress=progress,
+                              device=device)
