@@ -169,7 +169,7 @@ class TorchFlat:
     that and re-score ``k + margin`` candidates in float32, certified (module doc). Thread-safe.
     """
 
-    def __init__(self, xb: np.ndarray, device: str = "cpu", precision: str = "fp32",
+    def __init__(self, xb: Any, device: str = "cpu", precision: str = "fp32",
                  margin: int | None = None) -> None:
         import torch
 
@@ -179,7 +179,10 @@ class TorchFlat:
         self.precision = precision
         self.margin = margin
         self.fallbacks = 0
-        self.xb = torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32)).to(device)
+        if isinstance(xb, torch.Tensor):  # already a tensor (e.g. made on the GPU): no host copy
+            self.xb = xb.to(device=device, dtype=torch.float32).contiguous()
+        else:
+            self.xb = torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32)).to(device)
         self.dim = int(self.xb.shape[1])
         self.x_norm_max = float(torch.linalg.vector_norm(self.xb, dim=1).max()) if len(self.xb) else 0.0
         self.low = None
