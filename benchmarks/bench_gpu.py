@@ -250,7 +250,7 @@ def run(device: str, quick: bool, sections: list[str]) -> dict[str, Any]:
 
 
 def table(payload: dict[str, Any]) -> str:
-    head = ["figure", "unit", f"GPU ({payload['device'] if payload['gpu_used'] else 'none'})", "CPU", "limit",
+    head = ["figure", "unit", f"GPU ({payload['device'] if payload['gpu_used'] else 'none'})", "CPU", "H200 limit",
             "note"]
     body = format_table(head, [[r["figure"], r["unit"], r["gpu"], r["cpu"], r["limit"], r["note"]]
                                for r in payload["rows"]])

@@ -87,11 +87,13 @@ stage install 300 install_wheels
 if [[ "${SKIP_INSTALL:-0}" != "1" && -d "$SITE" ]]; then
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
-# avret itself runs from this tree: cli/ is the package avret_cli (setup.py), linked here when absent
-[[ -e avret_cli ]] || ln -s cli avret_cli
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# avret itself runs from this tree; cli/ is the package avret_cli (setup.py package-dir), found
+# through a link to cli/ in a temporary folder (nothing is written into the tree), ahead of any
+# installed avret_cli
 BIN="$(mktemp -d "${TMPDIR:-/tmp}/avret-bin.XXXXXX")"
 trap 'rm -rf "$BIN"' EXIT
+mkdir -p "$BIN/pkgs" && ln -s "$REPO/cli" "$BIN/pkgs/avret_cli"
+export PYTHONPATH="$REPO:$BIN/pkgs${PYTHONPATH:+:$PYTHONPATH}"
 ln -s "$(command -v "$PYTHON")" "$BIN/python"
 printf '#!/usr/bin/env bash\nexec "%s" -m avret_cli.main "$@"\n' "$BIN/python" >"$BIN/avret"
 chmod +x "$BIN/avret"
