@@ -94,9 +94,12 @@ BIN="$(mktemp -d "${TMPDIR:-/tmp}/avret-bin.XXXXXX")"
 trap 'rm -rf "$BIN"' EXIT
 mkdir -p "$BIN/pkgs" && ln -s "$REPO/cli" "$BIN/pkgs/avret_cli"
 export PYTHONPATH="$REPO:$BIN/pkgs${PYTHONPATH:+:$PYTHONPATH}"
-ln -s "$(command -v "$PYTHON")" "$BIN/python"
-printf '#!/usr/bin/env bash\nexec "%s" -m avret_cli.main "$@"\n' "$BIN/python" >"$BIN/avret"
-chmod +x "$BIN/avret"
+# wrappers, not links: a link to a venv's python elsewhere loses the venv (pyvenv.cfg is looked up beside it)
+PY_ABS="$(command -v "$PYTHON")"
+printf '#!/usr/bin/env bash\nexec "%s" "$@"\n' "$PY_ABS" >"$BIN/python"
+printf '#!/usr/bin/env bash\nexec "%s" -m avret_cli.main "$@"\n' "$PY_ABS" >"$BIN/avret"
+chmod +x "$BIN/python" "$BIN/avret"
+echo "    avret command: $("$BIN/avret" --version 2>&1 | tail -n 1) ($BIN/avret, cli from $REPO/cli)"
 "$PYTHON" - <<'PYEOF' | sed 's/^/    /'
 import importlib, sys
 print(f"python {sys.version.split()[0]}")

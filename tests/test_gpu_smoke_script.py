@@ -91,6 +91,7 @@ def test_gpu_run_dry_mode_writes_its_log_json_and_benchmark(tmp_path):
                                                      "seconds": summary["stages"][0]["seconds"]}], "ok": True}
     log = (out / "gpu_run.log").read_text()
     assert "torch.cuda.is_available()" in log and "=== smoke: skipped (STAGES)" in log
+    assert "avret command: avret 0.1.0" in log  # the wrapper the smoke runs avret through works
     bench = json.loads((out / "bench_gpu_quick.json").read_text())
     assert bench["gpu_used"] is False and bench["quick"] is True
     (row,) = bench["rows"]
