@@ -12,6 +12,7 @@ import typer
 
 from .common import echo_json, user_errors
 from .options import DEMO_INDEX, default_path
+from .progress import status
 
 app = typer.Typer(help="Cross-modal search over a built index.", no_args_is_help=True)
 
@@ -65,6 +66,8 @@ def _command(direction: str):
         wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
         answer = searcher.search(direction, query, k, classes=wanted, dataset=dataset,
                                  data=str(data) if data else None)
+        gallery = searcher.gallery(direction)
+        status(f"searched on device {gallery.device} ({gallery.backend}, {gallery.precision})")
         _print(answer, as_json)
 
     run.__doc__ = {"audio-to-video": "Which videos sound like this? Query audio, gallery visual.",

@@ -162,6 +162,8 @@ def test_cli_search_and_build_with_the_torch_backend(tmp_path):
                      "synth_000001,synth_000002", "-k", "7", "--device", device, "--json")
         assert res.exit_code == 0, res.output
         answers[device] = json.loads(res.stdout)
+        backend = "torch" if device == "torch-cpu" else "faiss"
+        assert f"searched on device cpu ({backend}, fp32)" in res.stderr  # what ran, for the smoke's log
     got = [[h["clip_id"] for h in b["results"]] for b in answers["torch-cpu"]["queries"]]
     want = [[h["clip_id"] for h in b["results"]] for b in answers["cpu"]["queries"]]
     assert got == want
