@@ -171,3 +171,32 @@ def test_cli_search_and_build_with_the_torch_backend(tmp_path):
                  "--device", "cpu", "--precision", "bf16")
     assert res.exit_code == 2 and "needs the torch backend" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("gpus", "torch_gpu", "device", "flat", "want"), [
+    (1, True, "cuda", True, ("faiss", "cuda")),     # faiss-gpu stays the first choice
+    (1, True, "auto", False, ("faiss", "cuda")),
+    (1, True, "torch-cuda", True, ("torch", "cuda")),  # unless torch is asked for by name
+    (0, True, "cuda", True, ("torch", "cuda")),     # no faiss-gpu: a Flat index is searched by torch
+    (0, True, "auto", True, ("torch", "cuda")),
+    (0, True, "auto", False, ("faiss", "cpu")),     # ... other factories stay on the CPU under auto
+    (0, False, "auto", True, ("faiss", "cpu")),
+    (0, False, "torch-cpu", True, ("torch", "cpu")),
+    (1, True, "cpu", True, ("faiss", "cpu")),
+])
+def test_backend_choice(monkeypatch, gpus, torch_gpu, device, flat, want):
+    from avret.index import backend, torch_flat
+
+    monkeypatch.setattr(backend, "num_gpus", lambda: gpus)
+    monkeypatch.setattr(torch_flat, "cuda_visible", lambda: torch_gpu)
+    got = backend.choose_backend(device, flat)
+    assert (got.name, got.device) == want
+
+
+def test_backend_choice_refuses_cuda_nothing_can_serve(monkeypatch):
+    from avret.index import backend, torch_flat
+
+    monkeypatch.setattr(backend, "num_gpus", lambda: 0)
+    monkeypatch.setattr(torch_flat, "cuda_visible", lambda: True)
+    with pytest.raises(AvretError, match="installed faiss sees no GPU"):
+        backend.choose_backend("cuda", False)  # an IVF index without faiss-gpu
