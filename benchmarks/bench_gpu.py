@@ -208,11 +208,14 @@ def bench_extraction(gpu: str | None, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-SECTIONS = {"training": bench_training, "distill": bench_distill, "search": bench_search, "map": bench_map,
+#: In order of importance: a run cut short by the device's time limit keeps the first ones.
+SECTIONS = {"search": bench_search, "map": bench_map, "training": bench_training, "distill": bench_distill,
             "extraction": bench_extraction}
 
 
-def run(device: str, quick: bool, sections: list[str]) -> dict[str, Any]:
+def run(device: str, quick: bool, sections: list[str],
+        save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run ``sections``; ``save(payload)`` after each one, so a run cut short keeps what it measured."""
     gpu = None
     if device == "cuda":
         if not torch.cuda.is_available():
@@ -221,6 +224,25 @@ def run(device: str, quick: bool, sections: list[str]) -> dict[str, Any]:
     load_before = load_check(label="before")
     rows: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
+
+    def payload(load_after: dict[str, Any], done: bool) -> dict[str, Any]:
+        return {
+            "benchmark": "bench_gpu",
+            "quick": quick,
+            "complete": done,
+            "device": gpu or "cpu",
+            "gpu_used": gpu is not None,
+            "synthetic": True,
+            "limits": {"hbm_bytes_per_s": HBM_BYTES_PER_S, "peak_flops": PEAK_FLOPS},
+            "rows": rows,
+            "errors": errors,
+            "load": {"before": load_before, "after": load_after,
+                     "flagged": bool(load_before.get("flagged") or load_after.get("flagged"))},
+            "machine": machine_info(),
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+        }
+
     for name in sections:
         t0 = time.perf_counter()
         try:
@@ -231,22 +253,9 @@ def run(device: str, quick: bool, sections: list[str]) -> dict[str, Any]:
             continue
         rows += got
         print(f"bench_gpu: {name} done in {time.perf_counter() - t0:.1f} s", flush=True)
-    load_after = load_check(label="after")
-    return {
-        "benchmark": "bench_gpu",
-        "quick": quick,
-        "device": gpu or "cpu",
-        "gpu_used": gpu is not None,
-        "synthetic": True,
-        "limits": {"hbm_bytes_per_s": HBM_BYTES_PER_S, "peak_flops": PEAK_FLOPS},
-        "rows": rows,
-        "errors": errors,
-        "load": {"before": load_before, "after": load_after,
-                 "flagged": bool(load_before.get("flagged") or load_after.get("flagged"))},
-        "machine": machine_info(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-    }
+        if save is not None:
+            save(payload({"load_avg": list(os.getloadavg()), "flagged": False}, False))
+    return payload(load_check(label="after"), True)
 
 
 def table(payload: dict[str, Any]) -> str:
@@ -255,7 +264,8 @@ def table(payload: dict[str, Any]) -> str:
     body = format_table(head, [[r["figure"], r["unit"], r["gpu"], r["cpu"], r["limit"], r["note"]]
                                for r in payload["rows"]])
     m = payload["machine"]
-    lines = [f"# bench_gpu{' (quick, reduced sizes)' if payload['quick'] else ''}", "",
+    partial = "" if payload.get("complete", True) else " (PARTIAL: the run was still going)"
+    lines = [f"# bench_gpu{' (quick, reduced sizes)' if payload['quick'] else ''}{partial}", "",
              f"SYNTHETIC data, random weights. Machine: {m.get('cpu_model', '?')}, {m.get('cpu_count')} CPUs, "
              f"GPU: {m.get('cuda_device', 'none')}; torch {m.get('torch', '?')}. Load average before/after: "
              f"{payload['load']['before'].get('load_avg')} / {payload['load']['after'].get('load_avg')}"
@@ -278,17 +288,21 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise SystemExit(f"bench_gpu: unknown section(s) {sorted(unknown)}; expected {list(SECTIONS)}")
-    payload = run(args.device, args.quick, sections)
     name = "bench_gpu_quick" if args.quick else "bench_gpu"
-    text = table(payload)
-    print(text, flush=True)
-    if args.out is None:
-        write_results(name, payload)
-        (RESULTS_DIR / f"{name}.md").write_text(text, encoding="utf-8")
-    else:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_json(args.out / f"{name}.json", payload)
-        (args.out / f"{name}.md").write_text(text, encoding="utf-8")
+
+    def save(payload: dict[str, Any]) -> None:
+        text = table(payload)
+        if args.out is None:
+            write_results(name, payload)
+            (RESULTS_DIR / f"{name}.md").write_text(text, encoding="utf-8")
+        else:
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_json(args.out / f"{name}.json", payload)
+            (args.out / f"{name}.md").write_text(text, encoding="utf-8")
+
+    payload = run(args.device, args.quick, sections, save)
+    save(payload)
+    print(table(payload), flush=True)
 
 
 if __name__ == "__main__":

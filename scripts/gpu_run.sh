@@ -20,7 +20,8 @@
 #   SITE          where the wheels are installed (default /tmp/site); SKIP_INSTALL=1 skips step 1
 #   PYTHON        the interpreter (default python3)
 #   STAGES        comma-separated subset of install,smoke,tests,bench (default: all)
-#   SMOKE_TIMEOUT, TESTS_TIMEOUT, BENCH_TIMEOUT   seconds per stage (defaults 240, 120, 300 on cuda)
+#   SMOKE_TIMEOUT, TESTS_TIMEOUT, BENCH_TIMEOUT   seconds per stage (defaults 200, 90, 280 on cuda;
+#                 the benchmark saves its JSON after each section, so a cut run keeps what it measured)
 #   BENCH_SECTIONS  passed to bench_gpu --sections (default: all)
 # Exit status: 0 when every stage ran and passed, 1 otherwise (the later stages still run).
 set -uo pipefail
@@ -37,7 +38,8 @@ if [[ "$DEVICE" == "cpu" ]]; then
     export SMOKE_CLIPS="${SMOKE_CLIPS:-200}" SMOKE_EPOCHS="${SMOKE_EPOCHS:-1}" SMOKE_TEACHER_EPOCHS="${SMOKE_TEACHER_EPOCHS:-1}"
     BENCH_ARGS=(--device cpu --quick)
 else
-    SMOKE_TIMEOUT="${SMOKE_TIMEOUT:-240}" TESTS_TIMEOUT="${TESTS_TIMEOUT:-120}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-300}"
+    # the device tool stops a command at 600 s: 120 + 200 + 90 + 280 + the facts stay under 10 minutes
+    SMOKE_TIMEOUT="${SMOKE_TIMEOUT:-200}" TESTS_TIMEOUT="${TESTS_TIMEOUT:-90}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-280}"
     BENCH_ARGS=(--device "$DEVICE")
 fi
 [[ -n "${BENCH_SECTIONS:-}" ]] && BENCH_ARGS+=(--sections "$BENCH_SECTIONS")
@@ -83,7 +85,7 @@ install_wheels() {
 
 echo "=== facts ($(date -u +%Y-%m-%dT%H:%M:%SZ)) DEVICE=$DEVICE OUT=$OUT"
 { nvidia-smi -L 2>/dev/null || echo "nvidia-smi: none"; } | sed 's/^/    /'
-stage install 300 install_wheels
+stage install 120 install_wheels
 if [[ "${SKIP_INSTALL:-0}" != "1" && -d "$SITE" ]]; then
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
