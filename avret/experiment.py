@@ -18,6 +18,7 @@ from avret.io import load_model, read_run
 def evaluate_paths(
     paths: list[str | Path], dataset: AVDataset, split: str = "test", progress: ProgressFn | None = None,
     keep: list[EvalEmbeddings] | None = None,
+    device: str = "auto",
 ) -> dict[str, CrossModalReport]:
     """Evaluate each saved model (run directory or model directory); keys are row names.
 
@@ -31,5 +32,5 @@ def evaluate_paths(
         name = f"{model.model_type} ({'distill: ' + method if method not in ('none', '?') else 'no distillation'})"
         if name in rows:
             name = f"{name} [{Path(path).name}]"
-        rows[name] = evaluate_model(model, dataset, split, progress, keep=keep)
+        rows[name] = evaluate_model(model, dataset, split, progress, keep=keep, device=device)
     return rows

@@ -32,9 +32,12 @@ def evaluate(
                                        "(precision-recall, per-class AP, confusions, best/worst queries)"),
     compare: tuple[Path, Path] | None = typer.Option(None, "--compare", help="Two runs A B to put side by side "
                                                      "(instead of --model; with --report: per-class gain)"),
+    device: str = typer.Option("auto", "--device", help="Where the score matrix is ranked: auto (a CUDA GPU when "
+                               "torch sees one) | cpu | cuda | torch-cpu; the metrics are the same (docs/gpu.md)"),
 ) -> None:
     """Evaluate cross-modal retrieval: every test clip of one modality queries all of the other."""
     from avret.eval.report import format_details, format_map_table
+    from avret.eval.retrieval import torch_device
     from avret.experiment import evaluate_paths
     from avret.io import RUN_FILE, load_model, read_run
     from avret.utils.atomic import REPORT_KIND, check_report_out, write_json
@@ -69,18 +72,21 @@ def evaluate(
         load_model(m)
         if (m / RUN_FILE).is_file():
             read_run(m)
+    ranked_on = torch_device(device) or "cpu"  # a bad --device is refused before any data is read
     ds = open_dataset(dataset_of_models(dataset, model, synth_clips, synth_seed), data, synth_clips, synth_seed)
     status(ds.describe())
     with progress_bar("eval queries") as update:
-        rows = evaluate_paths(model, ds, split, progress=lambda d, n: update(d, n), keep=kept)
+        rows = evaluate_paths(model, ds, split, progress=lambda d, n: update(d, n), keep=kept, device=device)
     flush_status()
-    title = f"{ds.name} {split} split: {int((ds.split == split).sum())} clips per modality"
+    title = (f"{ds.name} {split} split: {int((ds.split == split).sum())} clips per modality "
+             f"(ranked on device {ranked_on})")
     typer.echo(format_map_table(rows, title=title, synthetic=ds.synthetic))
     if details:
         for name, rep in rows.items():
             typer.echo(f"\n{name}\n{format_details(rep)}")
     if json_out is not None:
         record = {"kind": REPORT_KIND, "dataset": ds.name, "synthetic": ds.synthetic, "split": split,
+                  "device": ranked_on,
                   "rows": {name: rep.to_dict(include_ap=details) for name, rep in rows.items()}}
         if details:  # the per-query AP lists ("ap") follow this order of query clip ids
             record["query_ids"] = ds.subset(split).clip_ids.tolist()

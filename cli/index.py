@@ -50,7 +50,9 @@ def build(
                                       help="Build in this many slices in parallel and merge them into one index "
                                            "(IVF lists on disk); default one per million clips"),
     workers: int | None = typer.Option(None, "--workers", help="Shards built at once (default: CPU count)"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | torch-cpu | torch-cuda (docs/gpu.md)"),
+    precision: str = typer.Option("fp32", "--precision", help="Torch backend's gallery scan: fp32 | bf16 | fp16 "
+                                  "(answers are float32-exact in all)"),
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Embed the chosen clips with the model's towers and index them (exact inner product by default)."""
@@ -70,11 +72,13 @@ def build(
     status(ds.describe())
     built = build_indexes(embedder, ds, out, split=split, modalities=modalities[modality],
                           factory=factory, device=device, progress=status, overwrite=overwrite,
-                          max_memory=max_memory, target_recall=target_recall, shards=shards, workers=workers)
+                          max_memory=max_memory, target_recall=target_recall, shards=shards, workers=workers,
+                          precision=precision)
     for mod, index in built.items():
         m = index.manifest
         typer.echo(f"wrote {out / mod}: {index.count} {mod} clips, dim {index.dim}, factory {m.factory}"
-                   f"{f' in {m.shards} shards' if m.shards > 1 else ''} (built on device {index.device})")
+                   f"{f' in {m.shards} shards' if m.shards > 1 else ''} (built on device {index.device}, "
+                   f"backend {index.backend} {index.precision})")
         if m.auto is not None:
             typer.echo(f"  auto: {m.auto['reason']}")
         if m.tuning is not None:

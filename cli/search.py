@@ -12,6 +12,7 @@ import typer
 
 from .common import echo_json, user_errors
 from .options import DEMO_INDEX, default_path
+from .progress import status
 
 app = typer.Typer(help="Cross-modal search over a built index.", no_args_is_help=True)
 
@@ -50,6 +51,9 @@ def _command(direction: str):
                                              "(default: the one recorded in the index)"),
         max_seconds: float = typer.Option(60.0, "--max-seconds", help="Media queries: use at most this many "
                                           "seconds of the file (the rest is not decoded)"),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | torch-cpu | torch-cuda "
+                                   "(docs/gpu.md)"),
+        precision: str = typer.Option("fp32", "--precision", help="Torch backend's gallery scan: fp32 | bf16 | fp16"),
         as_json: bool = typer.Option(False, "--json", help="Print JSON"),
     ) -> None:
         from avret.errors import QueryError
@@ -58,10 +62,12 @@ def _command(direction: str):
         if not max_seconds > 0:
             raise QueryError(f"--max-seconds {max_seconds}: expected a positive number of seconds")
         searcher = Searcher(default_path(index, DEMO_INDEX, "index"), model=model, features=features,
-                            max_query_seconds=max_seconds)
+                            max_query_seconds=max_seconds, device=device, precision=precision)
         wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
         answer = searcher.search(direction, query, k, classes=wanted, dataset=dataset,
                                  data=str(data) if data else None)
+        gallery = searcher.gallery(direction)
+        status(f"searched on device {gallery.device} ({gallery.backend}, {gallery.precision})")
         _print(answer, as_json)
 
     run.__doc__ = {"audio-to-video": "Which videos sound like this? Query audio, gallery visual.",

@@ -29,7 +29,8 @@ def serve(
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without --token"),
     max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help="Largest accepted upload (MiB)"),
     max_seconds: float = typer.Option(60.0, "--max-seconds", help="Media queries: seconds of the file used"),
-    device: str = typer.Option("cpu", "--device", help="FAISS device: cpu | cuda | auto"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto | torch-cpu | torch-cuda (docs/gpu.md)"),
+    precision: str = typer.Option("fp32", "--precision", help="Torch backend's gallery scan: fp32 | bf16 | fp16"),
     workers_threads: int = typer.Option(40, "--threads", help="Request threads (searches and media decoding)"),
     report: Path | None = typer.Option(None, "--report", help="Evaluation report to link from the page (from avret "
                                        "eval --report; default: MODEL_RUN/report when it reports this model)"),
@@ -71,7 +72,8 @@ def serve(
 
     index = default_path(index, DEMO_INDEX, "index")
     sock = _bind(host, port)  # a port in use: one line before the index is loaded
-    searcher = Searcher(index, model=model, device=device, features=features, media_root=media_root,
+    searcher = Searcher(index, model=model, device=device, precision=precision, features=features,
+                        media_root=media_root,
                         load_model=True, max_query_seconds=max_seconds)
     from avret.serve.page import configure_request_log, find_report
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Smoke run of the whole product on ONE device, printing the device every stage reports:
-#   train -> distill (videoadviser) -> index build (FAISS on the GPU when DEVICE=cuda)
+#   train -> distill (videoadviser) -> index build (on the GPU when DEVICE=cuda: faiss-gpu, else torch)
 #   -> search audio-to-video and video-to-audio -> eval -> sentiment train (1 epoch)
 # on the embedded SYNTHETIC data set (vegas-synth, small), through the `avret` CLI.
 #
@@ -204,8 +204,8 @@ else
         "$AVRET" index build --model "$MODEL" --out "$INDEX" --device "$DEVICE"; then
         QUERY="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["clip_ids"][0])' \
             "$INDEX/audio/metadata.json")"
-        run_stage "search audio-to-video" "" "$AVRET" search audio-to-video --index "$INDEX" --query "$QUERY" -k 5
-        run_stage "search video-to-audio" "" "$AVRET" search video-to-audio --index "$INDEX" --query "$QUERY" -k 5
+        run_stage "search audio-to-video" "" "$AVRET" search audio-to-video --index "$INDEX" --query "$QUERY" -k 5 --device "$DEVICE"
+        run_stage "search video-to-audio" "" "$AVRET" search video-to-audio --index "$INDEX" --query "$QUERY" -k 5 --device "$DEVICE"
     else
         skip_stage "search audio-to-video" "index build failed"
         skip_stage "search video-to-audio" "index build failed"

@@ -48,8 +48,9 @@ def evaluate_model(
     progress: ProgressFn | None = None,
     ks: tuple[int, ...] = (1, 5, 10, 50, 100),
     keep: list[EvalEmbeddings] | None = None,
+    device: str = "auto",
 ) -> CrossModalReport:
-    """A→V and V→A retrieval metrics of ``model`` on ``dataset``'s ``split``.
+    """A→V and V→A retrieval metrics of ``model`` on ``dataset``'s ``split`` (ranked on ``device``).
 
     ``keep``: a list the embeddings that were ranked are appended to (:class:`EvalEmbeddings`).
     """
@@ -60,7 +61,8 @@ def evaluate_model(
         raise DataError(f"{dataset.name}: split '{split}' has unlabelled clips; mAP needs a label per clip")
     audio = model.embed("audio", test.audio)
     visual = model.embed("visual", test.visual)
-    report = cross_modal_report(audio, visual, test.labels, test.class_names, ks=ks, progress=progress)
+    report = cross_modal_report(audio, visual, test.labels, test.class_names, ks=ks, progress=progress,
+                                device=device)
     if keep is not None:
         fingerprint = model.fingerprint() if hasattr(model, "fingerprint") else None
         keep.append(EvalEmbeddings(np.asarray(audio), np.asarray(visual), np.asarray(test.labels),

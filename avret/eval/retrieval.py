@@ -35,6 +35,12 @@ scheme), the exact partial products are added with error-free transformations, a
 results whose rounding cannot be certified that way are summed exactly
 (:func:`correctly_rounded_dots`). Tie-heavy data (integer-valued or duplicated embeddings) thus
 costs a few extra GEMMs per redone row; generic embeddings almost never redo a row.
+
+Device: ``device="auto"`` (the default) computes the score matrix and the ranking on a CUDA GPU
+when torch sees one (:mod:`avret.eval.torch_ranking`: the same keys and tie rules, and the rows
+whose order a different GEMM rounding could change ranked again exactly), else with numpy on the
+CPU; ``"cpu"`` forces numpy, ``"cuda"`` the GPU, ``"torch-cpu"`` the torch path on the CPU (for
+tests). Every device gives the same metrics, bit for bit.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ from typing import Any
 
 import numpy as np
 
-from avret.errors import DataError
+from avret.errors import AvretError, DataError
+from avret.utils.cuda import cuda_visible
 
 __all__ = [
     "DEFAULT_KS",
@@ -62,6 +69,9 @@ __all__ = [
 ]
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 50, 100)
+
+#: ``device`` values of :func:`retrieval_metrics` and :func:`cross_modal_report`.
+EVAL_DEVICES = ("auto", "cpu", "cuda", "torch-cpu")
 
 #: Total working memory the chunked evaluation aims for, across all worker threads.
 MEMORY_BUDGET_BYTES = 256 * 1024**2
@@ -544,6 +554,20 @@ class _Ranker:
         return ap, ap_r, _hits_at(rel, ks), n_rel
 
 
+def torch_device(device: str | None) -> str | None:
+    """The torch device the ranking runs on for ``device`` (:data:`EVAL_DEVICES`), or None for numpy."""
+    device = device or "auto"
+    if device not in EVAL_DEVICES:
+        raise AvretError(f"device {device!r}: expected one of {list(EVAL_DEVICES)}")
+    if device == "torch-cpu":
+        return "cpu"
+    if device == "cuda":
+        if not cuda_visible():
+            raise AvretError("device 'cuda': torch sees no CUDA GPU; use device 'cpu' or 'auto'")
+        return "cuda"
+    return "cuda" if device == "auto" and cuda_visible() else None
+
+
 def _retrieval_metrics(
     q: np.ndarray,
     ql: np.ndarray,
@@ -554,8 +578,11 @@ def _retrieval_metrics(
     chunk_size: int | None,
     progress: Progress | None,
     n_workers: int | None,
+    device: str | None = None,
 ) -> RetrievalMetrics:
     n, m = q.shape[0], g.shape[0]
+    if device is not None:
+        return _finish(q, ql, class_names, ks, *_torch_stats(q, ql, g, gl, ks, chunk_size, progress, device), m)
     workers = _n_workers() if n_workers is None else max(1, int(n_workers))
     chunk = auto_chunk_size(m) if chunk_size is None else int(chunk_size)
     chunk = max(1, min(chunk, n))
@@ -606,8 +633,48 @@ def _retrieval_metrics(
 
     inv = np.empty(n, dtype=np.int64)
     inv[perm] = np.arange(n)
-    ap, ap_r, hits, n_rel = ap[inv], ap_r[inv], hits[inv], n_rel[inv]
+    return _finish(q, ql, class_names, ks, ap[inv], ap_r[inv], hits[inv], n_rel[inv], m)
 
+
+def _torch_stats(
+    q: np.ndarray, ql: np.ndarray, g: np.ndarray, gl: np.ndarray, ks: tuple[int, ...], chunk_size: int | None,
+    progress: Progress | None, device: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-query AP, AP@R, hits@k and R (query order) with the scores and ranking on torch ``device``."""
+    from avret.eval.torch_ranking import TorchRanker
+
+    n = q.shape[0]
+    perm = np.argsort(ql, kind="stable")
+    q_sorted, ql_sorted = q[perm], ql[perm]
+    exact = _Ranker(q_sorted, g, gl, 1)  # the CPU's exact ranking, for the rows flagged for it
+    ranker = TorchRanker(g, gl, device, tie_tolerance(g.shape[1]))
+    chunk = max(1, min(ranker.chunk_size() if chunk_size is None else int(chunk_size), n))
+    ap, ap_r = np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
+    hits, n_rel = np.empty((n, len(ks)), dtype=np.int64), np.empty(n, dtype=np.int64)
+    if progress is not None:
+        progress(0, n)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        rows, ranks0, h, again = ranker.rank(q_sorted[start:stop], ql_sorted[start:stop], ks)
+        ap[start:stop], ap_r[start:stop], n_rel[start:stop] = _stats_from_hits(rows, ranks0, stop - start)
+        hits[start:stop] = h
+        redo = start + again
+        step = max(1, chunk // 4)
+        for i in range(0, redo.size, step):
+            part = redo[i : i + step]
+            ap[part], ap_r[part], hits[part], n_rel[part] = exact.exact_stats(part, ql_sorted[part], ks)
+        if progress is not None:
+            progress(stop, n)
+    inv = np.empty(n, dtype=np.int64)
+    inv[perm] = np.arange(n)
+    return ap[inv], ap_r[inv], hits[inv], n_rel[inv]
+
+
+def _finish(
+    q: np.ndarray, ql: np.ndarray, class_names: ClassNames | None, ks: tuple[int, ...], ap: np.ndarray,
+    ap_r: np.ndarray, hits: np.ndarray, n_rel: np.ndarray, m: int,
+) -> RetrievalMetrics:
+    n = q.shape[0]
     per_class: dict[str, float] = {}
     for label in np.unique(ql):
         per_class[_class_name(class_names, int(label))] = float(ap[ql == label].mean())
@@ -636,6 +703,7 @@ def retrieval_metrics(
     chunk_size: int | None = None,
     progress: Progress | None = None,
     n_workers: int | None = None,
+    device: str | None = "auto",
 ) -> RetrievalMetrics:
     """Rank the whole gallery for every query by cosine similarity and score it (see module doc).
 
@@ -644,6 +712,8 @@ def retrieval_metrics(
     (default: the id as a string). ``chunk_size`` queries are ranked at a time (default: from a
     ~256 MB memory budget); ``progress(n_done, n_total)`` is called after each chunk.
     ``n_workers`` threads evaluate chunks concurrently (default: the usable CPUs, at most 4).
+    ``device`` (:data:`EVAL_DEVICES`): where the scores and ranking are computed (module doc); the
+    metrics are the same on every device.
     Precision@k divides by k even when k exceeds the gallery size.
     Raises :class:`~avret.errors.DataError` on empty, non-finite, all-zero-row or mismatched inputs.
     """
@@ -657,7 +727,8 @@ def retrieval_metrics(
     gl = _labels(gallery_labels, g.shape[0], "gallery_labels", "gallery")
     if chunk_size is not None and int(chunk_size) < 1:
         raise DataError(f"chunk_size must be >= 1, got {chunk_size}")
-    return _retrieval_metrics(q, ql, g, gl, class_names, _check_ks(ks), chunk_size, progress, n_workers)
+    dev = torch_device(device)
+    return _retrieval_metrics(q, ql, g, gl, class_names, _check_ks(ks), chunk_size, progress, n_workers, dev)
 
 
 def cross_modal_report(
@@ -670,6 +741,7 @@ def cross_modal_report(
     chunk_size: int | None = None,
     progress: Progress | None = None,
     n_workers: int | None = None,
+    device: str | None = "auto",
 ) -> CrossModalReport:
     """Audio->visual and visual->audio retrieval metrics of a paired test set.
 
@@ -692,6 +764,7 @@ def cross_modal_report(
     if chunk_size is not None and int(chunk_size) < 1:
         raise DataError(f"chunk_size must be >= 1, got {chunk_size}")
     ks_t = _check_ks(ks)
+    dev = torch_device(device)
     n = a.shape[0]
 
     def shifted(offset: int) -> Progress | None:
@@ -699,7 +772,7 @@ def cross_modal_report(
             return None
         return lambda done, _total: progress(offset + done, 2 * n)
 
-    a2v = _retrieval_metrics(a, y, v, y, class_names, ks_t, chunk_size, shifted(0), n_workers)
-    v2a = _retrieval_metrics(v, y, a, y, class_names, ks_t, chunk_size, shifted(n), n_workers)
+    a2v = _retrieval_metrics(a, y, v, y, class_names, ks_t, chunk_size, shifted(0), n_workers, dev)
+    v2a = _retrieval_metrics(v, y, a, y, class_names, ks_t, chunk_size, shifted(n), n_workers, dev)
     return CrossModalReport(audio_to_visual=a2v, visual_to_audio=v2a)
 

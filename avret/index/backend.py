@@ -9,6 +9,9 @@ plus the GPU symbols. This module hides the difference:
   without a visible GPU is a clear :class:`AvretError` (not a silent CPU fallback).
 * :func:`to_device` moves a CPU index onto the GPU; index types without a GPU implementation
   (HNSW, ...) stay on the CPU under ``auto`` and are an error under an explicit ``cuda``.
+* :func:`choose_backend` decides who searches: faiss (CPU, or GPU with faiss-gpu), or, for a Flat
+  index on a CUDA GPU without faiss-gpu, torch (:mod:`avret.index.torch_flat`, exact, same answers).
+  ``"torch-cpu"``/``"torch-cuda"`` ask for the torch backend explicitly (torch-cpu: for tests).
 * :func:`to_cpu` gives the CPU copy, which is what is always written to disk, so an index built
   on a GPU machine loads on a CPU-only one and vice versa.
 """
@@ -16,15 +19,19 @@ plus the GPU symbols. This module hides the difference:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import faiss
 
 from avret.errors import AvretError
+from avret.index import torch_flat
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+#: Every ``--device`` value: the faiss ones, and the torch backend asked for by name.
+BACKEND_DEVICES = (*DEVICES, "torch-cpu", "torch-cuda")
 
 #: Largest k (and nprobe) FAISS GPU indexes support.
 GPU_MAX_K = 2048
@@ -58,6 +65,41 @@ def resolve_device(device: str) -> str:
             "(make setup-gpu) on a machine with a CUDA GPU, or use device 'cpu' or 'auto'"
         )
     return device
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Who searches an index: ``name`` "faiss" or "torch", on ``device`` "cpu" or "cuda"."""
+
+    name: str
+    device: str
+
+
+def choose_backend(device: str, flat: bool) -> Backend:
+    """The backend for ``device`` (one of :data:`BACKEND_DEVICES`) and an index that is ``flat`` or not.
+
+    faiss-gpu stays the first choice for ``cuda``/``auto`` when installed; without it a Flat index
+    is searched by torch on the GPU; ``auto`` falls back to faiss on the CPU. One-line
+    :class:`AvretError` for an unknown device, a torch backend asked for a non-Flat index, or
+    ``cuda`` that nothing can serve.
+    """
+    if device not in BACKEND_DEVICES:
+        raise AvretError(f"unknown device {device!r}; expected one of {list(BACKEND_DEVICES)}")
+    if device.startswith("torch-"):
+        if not flat:
+            raise AvretError(f"device {device!r} (the torch backend) searches Flat indexes only; "
+                             "use device 'cpu', 'cuda' or 'auto' for this index")
+        want = device.split("-", 1)[1]
+        if want == "cuda" and not torch_flat.cuda_visible():
+            raise AvretError("device 'torch-cuda' requested but torch sees no CUDA GPU; use 'torch-cpu' or 'cpu'")
+        return Backend("torch", want)
+    if device == "cpu" or num_gpus() > 0:
+        return Backend("faiss", resolve_device(device))
+    if flat and torch_flat.cuda_visible():
+        return Backend("torch", "cuda")
+    if device == "cuda":
+        resolve_device(device)  # raises: no faiss GPU, and no torch GPU backend for this index
+    return Backend("faiss", "cpu")
 
 
 class Placed:

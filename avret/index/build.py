@@ -41,6 +41,7 @@ def build_indexes(
     target_recall: float | None = None,
     shards: int | None = 1,
     workers: int | None = None,
+    precision: str = "fp32",
 ) -> dict[str, AVIndex]:
     """Embed ``dataset``'s ``split`` with ``model`` and write one index per modality under ``out``.
 
@@ -75,6 +76,7 @@ def build_indexes(
                 model_path=str(Path(model.path).resolve()) if model.path else None,
                 dataset=dataset_ref(dataset), factory=factory, device=device, max_memory=max_memory,
                 target_recall=target_recall, shards=shards, workers=workers, workdir=work, progress=progress,
+                precision=precision,
             )
             index.save(tmp / modality)
             built[modality] = index

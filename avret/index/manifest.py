@@ -67,6 +67,8 @@ class IndexManifest:
     auto: dict[str, Any] | None = None
     #: nprobe tuning: ``{"nprobe", "k", "target_recall", "recall", "target_met", "sample_size", "seed", "curve"}``.
     tuning: dict[str, Any] | None = None
+    #: What searched when the index was built: ``{"name": "faiss"|"torch", "device": "cpu"|"cuda", "precision"}``.
+    backend: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,6 +145,11 @@ class IndexManifest:
                     or not isinstance(recall, (int, float)) or isinstance(recall, bool) or not 0 <= recall <= 1):
                 raise IndexError_(f"{source}: field 'tuning' must be null or an object with an integer 'nprobe' >= 1 "
                                   f"and a 'recall' in [0, 1], got {tuning!r}")
+        backend = d.get("backend")
+        if backend is not None and not (isinstance(backend, dict) and isinstance(backend.get("name"), str)
+                                        and isinstance(backend.get("device"), str)):
+            raise IndexError_(f"{source}: field 'backend' must be null or an object with string 'name' and 'device', "
+                              f"got {backend!r}")
         # Fields this version does not know are ignored: additions that do not change the meaning
         # of the known ones need no new format_version.
         return cls(
@@ -161,4 +168,5 @@ class IndexManifest:
             ivfdata=ivfdata,
             auto=auto,
             tuning=tuning,
+            backend=backend,
         )

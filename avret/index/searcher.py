@@ -106,6 +106,7 @@ class Searcher:
         *,
         model: str | Path | None = None,
         device: str = "auto",
+        precision: str = "fp32",
         features: str | Path | None = None,
         media_root: str | Path | None = None,
         load_model: bool = False,
@@ -120,7 +121,8 @@ class Searcher:
         for modality in MODALITIES:
             sub = self.root / modality
             if (sub / MANIFEST_FILE).is_file():
-                self.indexes[modality] = AVIndex.load(sub, expect_modality=modality, device=device)
+                self.indexes[modality] = AVIndex.load(sub, expect_modality=modality, device=device,
+                                                      precision=precision)
         if not self.indexes:
             raise IndexError_(
                 f"no index under {self.root}: expected {self.root}/visual/{MANIFEST_FILE} and/or "
@@ -179,6 +181,7 @@ class Searcher:
             "directions": self.directions,
             "classes": self.class_names,
             "indexes": {m: {"count": ix.count, "dim": ix.dim, "factory": ix.manifest.factory, "device": ix.device,
+                            "backend": ix.backend, "precision": ix.precision,
                             "created_at": ix.manifest.created_at} for m, ix in self.indexes.items()},
             "media": {"clips": len(self._media_clips), "queries": self.features is not None,
                       "max_query_seconds": self.max_query_seconds},

@@ -44,13 +44,13 @@ import faiss
 import numpy as np
 
 from avret.errors import AvretError, IndexError_, QueryError
-from avret.index import autoindex
+from avret.index import autoindex, torch_flat
 from avret.index.backend import (
     GPU_MAX_K,
     Placed,
+    choose_backend,
     faiss_major,
     faiss_message,
-    resolve_device,
     to_cpu,
     to_device,
 )
@@ -292,16 +292,34 @@ class AVIndex:
         device: str = "auto",
         embeddings: np.ndarray | None = None,
         ivfdata: Path | None = None,
+        precision: str = "fp32",
         _placed: Placed | None = None,
     ) -> None:
         # ``_placed``: build() already put the index on its device; otherwise ``index`` is on the CPU.
         if _placed is None and autoindex.is_ondisk(index):  # lists on disk: the GPU would need them all in memory
-            if device == "cuda":
+            if device == "cuda" or device.startswith("torch-"):
                 raise AvretError("an index with on-disk inverted lists (index.ivfdata) is searched on the CPU; "
                                  "use device 'cpu' or 'auto'")
             _placed = Placed(index, "cpu")
-        placed = _placed or to_device(index, resolve_device(device), requested=device)
-        self._index, self._gpu_resources, self.device = placed.index, placed.resources, placed.device
+        if precision not in torch_flat.PRECISIONS:
+            raise AvretError(f"precision {precision!r}: expected one of {list(torch_flat.PRECISIONS)}")
+        #: Who searches ("faiss" or "torch") and in which precision the gallery is scanned.
+        self.backend, self.precision = "faiss", precision
+        self._torch: torch_flat.TorchFlat | None = None
+        if _placed is None:
+            plan = choose_backend(device, _is_flat(index))
+            if plan.name == "torch":
+                self.backend = "torch"
+                _placed = Placed(index, "cpu")
+                self._torch = torch_flat.TorchFlat(_flat_vectors(index), plan.device, precision)
+            else:
+                _placed = to_device(index, plan.device, requested=device)
+        if self._torch is None and precision != "fp32":
+            raise AvretError(f"precision {precision!r} needs the torch backend (a Flat index with device "
+                             "'torch-cpu', 'torch-cuda', or 'cuda'/'auto' without faiss-gpu); use precision 'fp32'")
+        self._index, self._gpu_resources, self._faiss_device = _placed.index, _placed.resources, _placed.device
+        #: Where searches run: "cpu" or "cuda".
+        self.device = self._torch.device if self._torch is not None else _placed.device
         self.manifest = manifest
         self.clip_ids = clip_ids
         self.labels = labels
@@ -342,7 +360,7 @@ class AVIndex:
         m = self.manifest
         return (
             f"AVIndex(modality={m.modality!r}, count={self.count}, dim={self.dim}, factory={m.factory!r}, "
-            f"device={self.device!r}, path={str(self.path) if self.path else None!r})"
+            f"backend={self.backend!r}, device={self.device!r}, path={str(self.path) if self.path else None!r})"
         )
 
     # ------------------------------------------------------------------ build
@@ -367,6 +385,7 @@ class AVIndex:
         seed: int = 0,
         workdir: str | os.PathLike[str] | None = None,
         progress: Callable[[str], None] | None = None,
+        precision: str = "fp32",
     ) -> AVIndex:
         """Index ``embeddings`` (n, d) of the gallery ``modality``.
 
@@ -401,7 +420,7 @@ class AVIndex:
             raise AvretError(f"labels: label {int(labs.max())} out of range for {len(names)} class_names")
 
         requested = device
-        dev = resolve_device(device)
+        choose_backend(device, True)  # an unknown device is refused before any work
         auto = None
         if factory == "auto":
             budget = None if max_memory is None else autoindex.parse_size(max_memory)
@@ -428,6 +447,10 @@ class AVIndex:
                 f"got {n}; use fewer lists or 'Flat'"
             )
         exact = _is_flat(cpu_index)
+        plan = choose_backend(requested, exact)
+        if plan.name == "torch":  # a Flat index is built (added) on the CPU; searches then run on torch
+            requested = "cpu"
+        dev = plan.device if plan.name == "faiss" else "cpu"
         tune = auto is not None and ivf is not None
         q_rows, t_rows = autoindex.split_rows(n, autoindex.TUNE_SAMPLE if tune else 0,
                                               autoindex.training_rows(cpu_index, n) if auto else n, seed)
@@ -488,9 +511,17 @@ class AVIndex:
             auto=auto,
             tuning=tuning,
         )
+        if plan.name == "torch":
+            built = cls(index, manifest, ids, labs, names, device=device, embeddings=emb, ivfdata=ivfdata,
+                        precision=precision)
+        elif work is None:
+            built = cls(index, manifest, ids, labs, names, embeddings=emb, precision=precision, _placed=placed)
+        else:
+            built = cls(index, manifest, ids, labs, names, device=requested, embeddings=emb, ivfdata=ivfdata,
+                        precision=precision)
+        manifest.backend = {"name": built.backend, "device": built.device, "precision": built.precision}
         if work is None:
-            return cls(index, manifest, ids, labs, names, embeddings=emb, _placed=placed)
-        built = cls(index, manifest, ids, labs, names, device=requested, embeddings=emb, ivfdata=ivfdata)
+            return built
         weakref.finalize(built, shutil.rmtree, str(work), True)  # the mapped files outlive their names
         return built
 
@@ -512,7 +543,7 @@ class AVIndex:
                     f"(no {MANIFEST_FILE})"
                 )
         with atomic_dir(path) as tmp:
-            faiss.write_index(to_cpu(self._index, self.device), str(tmp / INDEX_FILE))
+            faiss.write_index(to_cpu(self._index, self._faiss_device), str(tmp / INDEX_FILE))
             if self._ivfdata is not None:  # the on-disk lists: a hard link when on the same disk, else a copy
                 try:
                     os.link(self._ivfdata, tmp / IVFDATA_FILE)
@@ -543,6 +574,7 @@ class AVIndex:
         expect_modality: str | None = None,
         expect_fingerprint: str | None = None,
         device: str = "auto",
+        precision: str = "fp32",
     ) -> AVIndex:
         """Load and check an index directory.
 
@@ -618,7 +650,7 @@ class AVIndex:
             raise IndexError_(f"{ipath}: index metric is not inner product (metric_type {index.metric_type})")
         embeddings = _read_embeddings(path / EMBEDDINGS_FILE, manifest.count, manifest.dim)
         return cls(index, manifest, clip_ids, labels, class_names, path=path, device=device, embeddings=embeddings,
-                   ivfdata=ivfdata)
+                   ivfdata=ivfdata, precision=precision)
 
     # ------------------------------------------------------------------ stored embeddings
     def rows_of(self, clip_ids: list[str]) -> np.ndarray:
@@ -675,7 +707,7 @@ class AVIndex:
             raise QueryError(f"k must be at least 1, got {k}")
         if k > self.count:
             raise QueryError(f"k={k} is larger than the gallery ({self.count} items in {where})")
-        if self.device == "cuda" and k > GPU_MAX_K:
+        if self._faiss_device == "cuda" and k > GPU_MAX_K:
             raise QueryError(f"k={k} exceeds the FAISS GPU limit of {GPU_MAX_K}; use device 'cpu'")
         q = np.asarray(queries)
         if q.ndim == 1:
@@ -691,10 +723,17 @@ class AVIndex:
         if not finite.all():
             raise QueryError(f"query row {int(np.flatnonzero(~finite)[0])} contains NaN or inf ({where})")
 
-        tuning = _search_params(self._index, nprobe, ef_search, where, self.device)  # validates both
+        tuning = _search_params(self._index, nprobe, ef_search, where, self._faiss_device)  # validates both
+        if self._torch is not None:  # exact: nprobe/ef_search were refused above (a Flat has neither)
+            allowed = None if allowed_rows is None else np.unique(np.asarray(allowed_rows, dtype=np.int64))
+            scores, rows = np.empty((q.shape[0], k), np.float32), np.empty((q.shape[0], k), np.int64)
+            for s in range(0, q.shape[0], SEARCH_BATCH):
+                scores[s : s + SEARCH_BATCH], rows[s : s + SEARCH_BATCH] = self._torch.search(
+                    q[s : s + SEARCH_BATCH], k, allowed)
+            return self._result(scores, rows)
         params = selector = None
         if allowed_rows is not None:
-            params, selector = _filter_params(self._index, allowed_rows, nprobe, ef_search, where, self.device)
+            params, selector = _filter_params(self._index, allowed_rows, nprobe, ef_search, where, self._faiss_device)
         # nprobe / efSearch without a filter are set on the shared index: one such call at a time.
         guard = self._tuning_lock if tuning.targets and params is None else contextlib.nullcontext()
         with guard, (tuning if params is None else contextlib.nullcontext()):
@@ -706,6 +745,9 @@ class AVIndex:
                     q[s : s + SEARCH_BATCH], k, params=params
                 )
         del selector  # the params object only borrows it
+        return self._result(scores, rows)
+
+    def _result(self, scores: np.ndarray, rows: np.ndarray) -> SearchResult:
         missing = rows < 0
         safe = np.where(missing, 0, rows)
         ids = self.clip_ids[safe]
@@ -827,6 +869,12 @@ def _as_labels(labels: Any, n: int, name: str) -> np.ndarray:
     if n and int(a.min()) < -1:
         raise AvretError(f"{name}: labels must be >= 0 (or -1 for unlabelled), got {int(a.min())}")
     return a
+
+
+def _flat_vectors(index: Any) -> np.ndarray:
+    """The (ntotal, d) float32 vectors of a CPU flat index (a copy)."""
+    flat = faiss.downcast_index(index)
+    return faiss.vector_to_array(flat.codes).view(np.float32).reshape(flat.ntotal, flat.d)
 
 
 def _is_flat(index: Any) -> bool:
