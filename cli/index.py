@@ -49,6 +49,9 @@ def build(
                                       help="Build in this many slices in parallel and merge them into one index "
                                            "(IVF lists on disk); default one per million clips"),
     workers: int | None = typer.Option(None, "--workers", help="Shards built at once (default: CPU count)"),
+    best_effort: bool = typer.Option(False, "--best-effort",
+                                     help="With --factory auto: when no index within --max-memory reaches "
+                                          "--target-recall, build the best one measured instead of refusing"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     overwrite: bool = OverwriteOpt,
 ) -> None:
@@ -61,7 +64,7 @@ def build(
     modalities = {"both": ("visual", "audio"), "visual": ("visual",), "audio": ("audio",)}
     if modality not in modalities:
         raise typer.BadParameter(f"--modality {modality}: expected both, visual or audio")
-    check_build_options(factory, max_memory, target_recall, shards, workers)
+    check_build_options(factory, max_memory, target_recall, shards, workers, best_effort)
     model = default_path(model, DEMO_MODEL, "model")
     embedder = require_embedder(load_model(model), model)
     check_output(out, "index root", INDEX_MARKERS, overwrite=overwrite, reads=(model,))  # before any work
@@ -69,7 +72,8 @@ def build(
     status(ds.describe())
     built = build_indexes(embedder, ds, out, split=split, modalities=modalities[modality],
                           factory=factory, device=device, progress=status, overwrite=overwrite,
-                          max_memory=max_memory, target_recall=target_recall, shards=shards, workers=workers)
+                          max_memory=max_memory, target_recall=target_recall, shards=shards, workers=workers,
+                          best_effort=best_effort)
     for mod, index in built.items():
         m = index.manifest
         typer.echo(f"wrote {out / mod}: {index.count} {mod} clips, dim {index.dim}, factory {m.factory}"
@@ -79,8 +83,9 @@ def build(
         if m.tuning is not None:
             t = m.tuning
             met = "" if t["target_met"] else f" (target {t['target_recall']} not reachable with this index)"
-            typer.echo(f"  nprobe {t['nprobe']}: recall@{t['k']} {t['recall']:.3f} on {t['sample_size']} held-out "
-                       f"clips{met}")
+            rerank = f", exact re-rank of the top {t['k']}x{t['k_factor']}" if t.get("k_factor", 1) > 1 else ""
+            typer.echo(f"  nprobe {t['nprobe']}{rerank}: recall@{t['k']} {t['recall']:.3f} on {t['sample_size']} "
+                       f"held-out clips{met}")
 
 
 @app.command("info")

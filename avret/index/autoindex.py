@@ -472,7 +472,7 @@ class Candidate:
 
 
 def sq_bytes(n: int, d: int, bits: int, nlist: int = 0) -> int:
-    """RAM of ``SQ{bits}`` (``nlist`` 0) or ``IVF{nlist},SQ{bits}``: codes (+ ids, centroids, lists) + trained ranges."""
+    """RAM of ``SQ{bits}`` (``nlist`` 0) or ``IVF{nlist},SQ{bits}``: codes (+ ids, centroids, lists), ranges."""
     code = math.ceil(d * bits / 8)
     if nlist == 0:
         return n * code + 8 * d

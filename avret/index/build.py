@@ -41,13 +41,16 @@ def build_indexes(
     target_recall: float | None = None,
     shards: int | None = 1,
     workers: int | None = None,
+    best_effort: bool = False,
 ) -> dict[str, AVIndex]:
     """Embed ``dataset``'s ``split`` with ``model`` and write one index per modality under ``out``.
 
     ``out`` may only replace an earlier index root unless ``overwrite``, and never the model it reads.
-    ``max_memory``, ``target_recall``, ``shards`` (None: by size) and ``workers``: see :meth:`AVIndex.build`.
+    ``max_memory``, ``target_recall``, ``shards`` (None: by size), ``workers`` and ``best_effort``: see
+    :meth:`AVIndex.build` (without ``best_effort`` a budget no candidate reaches the target within is refused
+    before anything is written).
     """
-    check_build_options(factory, max_memory, target_recall, shards, workers)
+    check_build_options(factory, max_memory, target_recall, shards, workers, best_effort)
     check_output(out, "index root", INDEX_MARKERS, overwrite=overwrite,
                  reads=(model.path.parent if model.path and Path(model.path).name == "model" else model.path,))
     gallery = dataset.subset(split)
@@ -74,6 +77,7 @@ def build_indexes(
                 model_path=str(Path(model.path).resolve()) if model.path else None,
                 dataset=dataset_ref(dataset), factory=factory, device=device, max_memory=max_memory,
                 target_recall=target_recall, shards=shards, workers=workers, workdir=work, progress=progress,
+                best_effort=best_effort,
             )
             index.save(tmp / modality)
             built[modality] = index
@@ -85,10 +89,11 @@ def build_indexes(
 
 
 def check_build_options(factory: str, max_memory: int | str | None, target_recall: float | None,
-                        shards: int | None, workers: int | None) -> None:
+                        shards: int | None, workers: int | None, best_effort: bool = False) -> None:
     """Refuse bad ``index build`` options in one line (:class:`AvretError`) before any work is done."""
-    if factory != "auto" and (max_memory is not None or target_recall is not None):
-        raise AvretError(f"--max-memory and --target-recall need --factory auto (got --factory {factory})")
+    if factory != "auto" and (max_memory is not None or target_recall is not None or best_effort):
+        raise AvretError(f"--max-memory, --target-recall and --best-effort need --factory auto "
+                         f"(got --factory {factory})")
     if max_memory is not None:
         parse_size(max_memory)
     if target_recall is not None and not 0 < target_recall <= 1:
