@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from .common import echo_json, require_int, user_errors
@@ -134,3 +135,74 @@ def info(
     if out["clip_ids"]:
         more = f" ... ({first.count} in all)" if first.count > len(out["clip_ids"]) else ""
         typer.echo(f"  clip ids: {', '.join(out['clip_ids'])}{more}")
+
+
+@app.command("add")
+@user_errors
+def add(
+    index: Path = typer.Option(..., "--index", help="Index root to grow (written by avret index build)"),
+    features: Path | None = typer.Option(None, "--features", help="Features folder (avret features extract) whose "
+                                         "clips to add"),
+    dataset: str | None = typer.Option(None, "--dataset", help="Data set whose clips to add (vegas-synth | vegas | "
+                                       "ave | a path); default: the one the index was built from"),
+    data: Path | None = DataOpt,
+    synth_clips: int | None = SynthClipsOpt,
+    synth_seed: int | None = SynthSeedOpt,
+    split: str = typer.Option("all", "--split", help="Clips to add: all | train | val | test"),
+    model: Path | None = typer.Option(None, "--model", help="Model that embeds them [default: the one recorded in "
+                                      "the index; it must be the model the index was built with]"),
+) -> None:
+    """Add clips to an index without a rebuild (rows appended; clip ids must be new); one atomic commit."""
+    from avret.index.build import _features_dir, _media_paths
+    from avret.index.searcher import media_table
+    from avret.index.update import add_embeddings, open_root
+    from avret.io import load_model
+    from avret.models.base import require_embedder
+
+    if features is not None and dataset is not None:
+        raise typer.BadParameter("--features and --dataset: give one of them")
+    current = open_root(index)
+    first = next(iter(current.values())).manifest
+    if model is None:
+        if not first.model_path:
+            raise typer.BadParameter(f"{index}: the index records no model path; pass --model")
+        model = Path(first.model_path)
+    embedder = require_embedder(load_model(model), model)
+    if embedder.fingerprint() != first.model_fingerprint:
+        from avret.errors import AvretError
+
+        raise AvretError(f"--model {model} is not the model {index} was built with "
+                         f"({first.model_fingerprint[:12]}); embeddings of another model cannot share its index")
+    name = str(features) if features is not None else dataset or first.dataset or "vegas-synth"
+    ds = open_dataset(name, data, synth_clips, synth_seed)
+    clips = ds.subset(split)
+    if len(clips) == 0:
+        raise typer.BadParameter(f"{ds.name}: split '{split}' has no clips to add")
+    status(f"embedding {len(clips)} clips")
+    emb = {m: embedder.embed(m, clips.features(m)) for m in current}
+    media = media_table(list(map(str, clips.clip_ids)), _media_paths(clips), _features_dir(ds))
+    new = add_embeddings(index, emb, list(map(str, clips.clip_ids)), np.asarray(clips.labels),
+                         list(clips.class_names), media)
+    for m, ix in new.items():
+        typer.echo(f"added {len(clips)} clips to {index / m}: {ix.count} in all")
+
+
+@app.command("remove")
+@user_errors
+def remove(
+    index: Path = typer.Option(..., "--index", help="Index root to shrink"),
+    ids: Path = typer.Option(..., "--ids", help="Text file of clip ids to remove, one a line"),
+) -> None:
+    """Remove clips from an index without a rebuild (the rest keep their order); one atomic commit."""
+    from avret.index.update import remove_ids
+
+    try:
+        wanted = [ln.strip() for ln in ids.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"--ids {ids}: cannot read it as a text file of clip ids "
+                                 f"({exc.__class__.__name__})") from None
+    if not wanted:
+        raise typer.BadParameter(f"--ids {ids}: no clip ids in it (one a line)")
+    new = remove_ids(index, wanted)
+    for m, ix in new.items():
+        typer.echo(f"removed {len(set(wanted))} clips from {index / m}: {ix.count} left")
