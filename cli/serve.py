@@ -31,6 +31,10 @@ def serve(
     max_seconds: float = typer.Option(60.0, "--max-seconds", help="Media queries: seconds of the file used"),
     device: str = typer.Option("cpu", "--device", help="FAISS device: cpu | cuda | auto"),
     workers_threads: int = typer.Option(40, "--threads", help="Request threads (searches and media decoding)"),
+    reload_interval: float = typer.Option(10.0, "--reload-interval",
+                                          help="Seconds between checks for a changed index (avret index add/remove, "
+                                               "a rebuild), swapped in without a restart; 0: no timer (POST "
+                                               "/admin/reload with the token still works)"),
 ) -> None:
     """Serve search over HTTP (JSON API + web page) on 127.0.0.1:8000 by default."""
     from avret.errors import AvretError
@@ -42,6 +46,8 @@ def serve(
         raise AvretError("--token: expected at least 8 characters")
     if not 0 < port < 65536:
         raise AvretError(f"--port {port}: expected 1..65535")
+    if not reload_interval >= 0:
+        raise AvretError(f"--reload-interval {reload_interval}: expected seconds >= 0")
     if not max_upload_mb > 0 or not max_seconds > 0 or workers_threads < 1:
         raise AvretError("--max-upload-mb, --max-seconds and --threads must be positive")
 
@@ -49,11 +55,18 @@ def serve(
 
     from avret.index.searcher import Searcher
     from avret.serve.app import create_app
+    from avret.serve.reload import ReloadingSearcher, install
 
     index = default_path(index, DEMO_INDEX, "index")
-    searcher = Searcher(index, model=model, device=device, features=features, media_root=media_root,
+
+    def open_root(root: Path) -> Searcher:
+        return Searcher(root, model=model, device=device, features=features, media_root=media_root,
                         load_model=True, max_query_seconds=max_seconds)
-    app = create_app(searcher, token=token, max_upload_bytes=int(max_upload_mb * 2**20), threads=workers_threads)
+
+    searcher = ReloadingSearcher(index, open_root, interval=reload_interval or None)
+    app = create_app(searcher, token=token, max_upload_bytes=int(max_upload_mb * 2**20),  # type: ignore[arg-type]
+                     threads=workers_threads)
+    install(app, searcher, token)
 
     info = searcher.info()
     counts = ", ".join(f"{v['count']} {m}" for m, v in info["indexes"].items())
