@@ -81,22 +81,28 @@ def run_avret(x: np.ndarray, q: np.ndarray, truth: np.ndarray, budget: int, work
     n = len(x)
     ids = np.char.add("c", np.arange(n).astype(str))
     res: dict = {"tool": "avret auto", "budget_bytes": budget, "load_before": load_check(label="avret build")}
-    try:
-        AVIndex.build(x, ids, None, None, modality="visual", model_fingerprint=FP, factory="auto", max_memory=budget)
-        refused = None
-    except AvretError as exc:
-        refused = str(exc)
-        print(f"avret refused: {refused}", flush=True)
+    def progress(s: str) -> None:
+        print("  avret:", s, flush=True)
+
+    refused = refused_s = None
     t0 = time.perf_counter()
-    idx = AVIndex.build(x, ids, None, None, modality="visual", model_fingerprint=FP, factory="auto",
-                        max_memory=budget, best_effort=True, progress=lambda s: print("  avret:", s, flush=True))
+    try:
+        idx = AVIndex.build(x, ids, None, None, modality="visual", model_fingerprint=FP, factory="auto",
+                            max_memory=budget, progress=progress)
+    except AvretError as exc:  # what `avret index build` prints before exiting 2; then the --best-effort build
+        refused, refused_s = str(exc), round(time.perf_counter() - t0, 2)
+        print(f"avret refused: {refused}", flush=True)
+        t0 = time.perf_counter()
+        idx = AVIndex.build(x, ids, None, None, modality="visual", model_fingerprint=FP, factory="auto",
+                            max_memory=budget, best_effort=True, progress=progress)
     build_s = time.perf_counter() - t0
     path = idx.save(work / f"avret-{budget}")
     del idx
     loaded = AVIndex.load(path, device="cpu")  # embeddings.npy memory-mapped, as a server has it
     m = loaded.manifest
     t = m.tuning
-    res.update(refused=refused, exit_code=2 if refused else 0, index_string=m.factory, nprobe=t["nprobe"],
+    res.update(refused=refused, refused_after_s=refused_s, exit_code=2 if refused else 0,
+               index_string=m.factory, nprobe=t["nprobe"],
                k_factor=t.get("k_factor", 1), size_bytes=m.auto["estimated_bytes"],
                index_file_bytes=(path / "index.faiss").stat().st_size,
                disk_embeddings_bytes=(path / "embeddings.npy").stat().st_size if (path / "embeddings.npy").exists()
@@ -147,12 +153,16 @@ def main() -> None:
     ap.add_argument("--intrinsic", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--small", type=int, default=None, help="bytes of the too-small budget (default 1.4%% of Flat)")
+    ap.add_argument("--budgets", default="25%,50%,small",
+                    help="comma list: N%% of Flat's bytes, 'small' (--small), or bytes")
     ap.add_argument("--autofaiss-python", default="/work/venvs/autofaiss/bin/python")
     ap.add_argument("--name", default="bench_ann")
     args = ap.parse_args()
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     flat_bytes = 4 * args.n * args.d
-    budgets = [flat_bytes // 4, flat_bytes // 2, args.small or int(flat_bytes * 0.014)]
+    small = args.small or int(flat_bytes * 0.014)
+    budgets = [small if b == "small" else flat_bytes * int(b[:-1]) // 100 if b.endswith("%") else int(b)
+               for b in args.budgets.split(",")]
     payload: dict = {"data": "SYNTHETIC clustered unit vectors", "n": args.n, "d": args.d, "queries": args.queries,
                      "clusters": args.clusters, "intrinsic_dim": args.intrinsic, "seed": args.seed, "k": K,
                      "budgets_bytes": budgets, "faiss_avret": faiss.__version__, "machine": machine_info(),
@@ -178,10 +188,11 @@ def main() -> None:
         for budget in budgets:
             payload["results"].append(run_avret(x, q, truth, budget, work))
             write_results(args.name, payload)
+            write_markdown(args.name, payload)
             if Path(args.autofaiss_python).exists():
                 payload["results"].append(run_autofaiss(args.autofaiss_python, work, budget))
             write_results(args.name, payload)
-        write_markdown(args.name, payload)
+            write_markdown(args.name, payload)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -210,6 +221,8 @@ def write_markdown(name: str, payload: dict) -> None:
     eq = []
     for budget in payload["budgets_bytes"]:
         pair = {r["tool"]: r for r in payload["results"] if r.get("budget_bytes") == budget and "error" not in r}
+        if not pair:
+            continue
         for level in (0.9, 0.95):
             cells = []
             for tool in ("avret auto", "autofaiss"):

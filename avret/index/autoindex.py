@@ -17,6 +17,9 @@ Estimated bytes (``nlist`` lists, PQ with ``m`` one-byte codes on ``D`` rotated 
     Flat                      4 n d
     IVF{nlist},Flat           n (4 d + 8) + 4 nlist d + 48 nlist
     OPQ{m}_{D},IVF{nlist},PQ{m}np n (m + 8) + 4 nlist D + 4 x 256 D + 4 d D + 48 nlist
+    IVF{nlist},PQ{m}np        n (m + 8) + 4 nlist d + 4 x 256 d + 48 nlist
+    IVF{nlist},SQ{b}          n (ceil(b d / 8) + 8) + 4 nlist d + 48 nlist + 8 d
+    SQ{b}                     n ceil(b d / 8) + 8 d
 
 Rules, first that applies:
 
@@ -27,16 +30,20 @@ Rules, first that applies:
    ``nprobe`` are scanned — recall is limited only by ``nprobe``, tuned below; about 0.8% more
    memory than Flat at d=128 (the 8-byte ids) for a search ``nlist/nprobe`` times cheaper.
 3. ``Flat`` when it fits (the budget lies between Flat and IVF-Flat).
-4. ``OPQ{m}_{D},IVF{nlist},PQ{m}np`` with the largest ``m`` of ``PQ_CODE_BYTES`` (64, 32, 16, 8,
-   4; ``m <= max(4, d / 4)``) that fits: more code bytes, better recall; OPQ rotates the space so the ``m``
-   sub-vectors carry balanced variance (``D`` = ``d`` rounded up to a multiple of ``m``). ``np``:
-   no polysemous training (a slow annealing of code ids only Hamming pre-filtering uses, which
-   avret does not), and OPQ runs ``OPQ_NITER`` (10) alternations instead of FAISS's 50 — both
-   measured here to dominate build time (10k x 64 vectors: 49 s with polysemous training, 3.6 s
-   without; OPQ's 50 alternations another 43 s). ``m <= max(4, d / 4)`` (sub-vectors of at least 4
-   dimensions once d >= 16): 2-dimensional sub-vectors (PQ64 on d=128) took 234 s to train on 12k vectors,
-   while OPQ32 + IVF1024 + PQ32 trains on 64k x 128 in 31 s (2 cores).
-5. Nothing fits: an error naming the smallest choice and its size.
+4. Neither fits: the compressed candidates that fit are BUILT AND MEASURED (:func:`select`, issue
+   21): the largest ``IVF{nlist},SQ{8,6,4}`` that fits, the largest flat ``SQ{8,6,4}`` (galleries
+   under ``FLAT_SQ_BELOW`` only), and the two largest ``IVF{nlist},PQ{m}np`` (m of 32, 16, 8, 4,
+   ``m <= max(4, d / 4)``), each searched with an optional exact re-rank of its top ``k x
+   k_factor`` from the memory-mapped ``embeddings.npy`` (disk, not RAM: the budget counts what the
+   FAISS index keeps in memory). For each candidate nprobe doubles and ``k_factor`` runs over
+   ``K_FACTORS`` on the held-out gallery sample until two doublings add < 0.005 recall; per depth
+   the smallest nprobe reaching the target is timed one query at a time, and the fastest candidate
+   setting that reaches ``--target-recall`` is kept. Every candidate's curve, settings, build time
+   and latency go into ``manifest.auto.candidates``. When none reaches the target, the build is
+   refused (exit 2) naming the smallest budget that does -- found by building the candidates above
+   the budget smallest first -- unless ``best_effort``. (OPQ rotations are no longer tried: with
+   the re-rank they add little recall and cost most of the training time.)
+5. Nothing fits: an error naming the smallest candidate and its size.
 
 ``nlist`` is the largest power of two ``<= 4 sqrt(n)``, at most ``n / 39`` (FAISS wants 39 training
 points a centroid) and at most 65 536. Training uses a seeded sample of
