@@ -95,7 +95,7 @@ def test_rerank_at_full_depth_equals_exact() -> None:
     plain = pq.search(q, k, nprobe=16, k_factor=1)  # the codes alone are not exact
     assert not np.array_equal(plain.rows, exact.rows)
     # missing candidates (-1) stay missing; the row order breaks ties
-    s, r = rerank(q[:2], np.array([[5, -1, 17, 2900], [-1, -1, -1, -1]]), x, 3)
+    s, r = rerank(q[:2], np.array([[5, -1, 2900, 17], [-1, -1, -1, -1]]), x, 3)  # the later row listed first
     assert r[1].tolist() == [-1, -1, -1] and np.isneginf(s[1]).all()
     assert set(r[0].tolist()) == {5, 17, 2900} and r[0].tolist().index(17) < r[0].tolist().index(2900)
 
