@@ -138,3 +138,37 @@ def test_cli_add_and_remove_equal_a_fresh_build(tiny_run, tmp_path: Path) -> Non
     res = invoke("index", "remove", "--index", grown, "--ids", bad)
     assert res.exit_code == 2 and "clip id 'no-such-clip' is not in" in res.stderr
     assert (grown / "audio" / "manifest.json").read_bytes() == before
+
+
+def _lib_root(tmp_path: Path) -> Path:
+    x = _clustered(30, 8)
+    for modality in ("visual", "audio"):
+        AVIndex.build(x, _ids(range(30)), None, None, modality=modality, model_fingerprint=FP).save(
+            tmp_path / "root" / modality)
+    return tmp_path / "root"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["index", "remove", "--index", "ROOT", "--ids", "MISSING"], "--ids"),
+        (["index", "remove", "--index", "ROOT", "--ids", "EMPTY"], "no clip ids in it"),
+        (["index", "remove", "--index", "NOROOT", "--ids", "IDS"], "no index there"),
+        (["index", "add", "--index", "ROOT", "--features", "X", "--dataset", "vegas-synth"], "give one of them"),
+        (["index", "add", "--index", "ROOT"], "records no model path; pass --model"),
+        (["serve", "--index", "ROOT", "--reload-interval", "-1"], "--reload-interval -1.0: expected seconds >= 0"),
+    ],
+)
+def test_bad_change_options_exit_2_and_change_nothing(tmp_path: Path, args: list[str], needle: str) -> None:
+    root = _lib_root(tmp_path)
+    (tmp_path / "EMPTY").write_text("\n\n")
+    (tmp_path / "IDS").write_text("clip00001\n")
+    subs = {"ROOT": root, "NOROOT": tmp_path / "nothing", "MISSING": tmp_path / "missing.txt",
+            "EMPTY": tmp_path / "EMPTY", "IDS": tmp_path / "IDS"}
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    res = invoke(*[subs.get(a, a) for a in args])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["EMPTY", "IDS", "root"]
