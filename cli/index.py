@@ -85,7 +85,8 @@ def build(
             t = m.tuning
             met = "" if t["target_met"] else f" (target {t['target_recall']} not reachable with this index)"
             rerank = f", exact re-rank of the top {t['k']}x{t['k_factor']}" if t.get("k_factor", 1) > 1 else ""
-            typer.echo(f"  nprobe {t['nprobe']}{rerank}: recall@{t['k']} {t['recall']:.3f} on {t['sample_size']} "
+            probe = "no lists" if t["nprobe"] is None else f"nprobe {t['nprobe']}"
+            typer.echo(f"  {probe}{rerank}: recall@{t['k']} {t['recall']:.3f} on {t['sample_size']} "
                        f"held-out clips{met}")
 
 
