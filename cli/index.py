@@ -50,6 +50,9 @@ def build(
                                       help="Build in this many slices in parallel and merge them into one index "
                                            "(IVF lists on disk); default one per million clips"),
     workers: int | None = typer.Option(None, "--workers", help="Shards built at once (default: CPU count)"),
+    best_effort: bool = typer.Option(False, "--best-effort",
+                                     help="With --factory auto: when no index within --max-memory reaches "
+                                          "--target-recall, build the best one measured instead of refusing"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | torch-cpu | torch-cuda (docs/gpu.md)"),
     precision: str = typer.Option("fp32", "--precision", help="Torch backend's gallery scan: fp32 | bf16 | fp16 "
                                   "(answers are float32-exact in all)"),
@@ -64,7 +67,7 @@ def build(
     modalities = {"both": ("visual", "audio"), "visual": ("visual",), "audio": ("audio",)}
     if modality not in modalities:
         raise typer.BadParameter(f"--modality {modality}: expected both, visual or audio")
-    check_build_options(factory, max_memory, target_recall, shards, workers)
+    check_build_options(factory, max_memory, target_recall, shards, workers, best_effort)
     model = default_path(model, DEMO_MODEL, "model")
     embedder = require_embedder(load_model(model), model)
     check_output(out, INDEX_KIND, overwrite=overwrite, reads=(model, *inputs(dataset, data)))  # before any work
@@ -73,7 +76,7 @@ def build(
     built = build_indexes(embedder, ds, out, split=split, modalities=modalities[modality],
                           factory=factory, device=device, progress=status, overwrite=overwrite,
                           max_memory=max_memory, target_recall=target_recall, shards=shards, workers=workers,
-                          precision=precision)
+                          precision=precision, best_effort=best_effort)
     for mod, index in built.items():
         m = index.manifest
         typer.echo(f"wrote {out / mod}: {index.count} {mod} clips, dim {index.dim}, factory {m.factory}"
@@ -84,8 +87,10 @@ def build(
         if m.tuning is not None:
             t = m.tuning
             met = "" if t["target_met"] else f" (target {t['target_recall']} not reachable with this index)"
-            typer.echo(f"  nprobe {t['nprobe']}: recall@{t['k']} {t['recall']:.3f} on {t['sample_size']} held-out "
-                       f"clips{met}")
+            rerank = f", exact re-rank of the top {t['k']}x{t['k_factor']}" if t.get("k_factor", 1) > 1 else ""
+            probe = "no lists" if t["nprobe"] is None else f"nprobe {t['nprobe']}"
+            typer.echo(f"  {probe}{rerank}: recall@{t['k']} {t['recall']:.3f} on {t['sample_size']} "
+                       f"held-out clips{met}")
 
 
 @app.command("info")
@@ -134,3 +139,53 @@ def info(
     if out["clip_ids"]:
         more = f" ... ({first.count} in all)" if first.count > len(out["clip_ids"]) else ""
         typer.echo(f"  clip ids: {', '.join(out['clip_ids'])}{more}")
+
+
+@app.command("add")
+@user_errors
+def add(
+    index: Path = typer.Option(..., "--index", help="Index root to grow (written by avret index build)"),
+    features: Path | None = typer.Option(None, "--features", help="Features folder (avret features extract) whose "
+                                         "clips to add"),
+    dataset: str | None = typer.Option(None, "--dataset", help="Data set whose clips to add (vegas-synth | vegas | "
+                                       "ave | a path); default: the one the index was built from"),
+    data: Path | None = DataOpt,
+    synth_clips: int | None = SynthClipsOpt,
+    synth_seed: int | None = SynthSeedOpt,
+    split: str = typer.Option("all", "--split", help="Clips to add: all | train | val | test"),
+    model: Path | None = typer.Option(None, "--model", help="Model that embeds them [default: the one recorded in "
+                                      "the index; it must be the model the index was built with]"),
+) -> None:
+    """Add clips to an index without a rebuild (rows appended; clip ids must be new); one atomic commit."""
+    from avret.index.update import add_clips, open_root
+
+    if features is not None and dataset is not None:
+        raise typer.BadParameter("--features and --dataset: give one of them")
+    first = next(iter(open_root(index).values())).manifest
+    name = str(features) if features is not None else dataset or first.dataset or "vegas-synth"
+    ds = open_dataset(name, data, synth_clips, synth_seed)
+    status(f"embedding the {split} clips of {ds.name}")
+    new, n_added = add_clips(index, ds, split, model=model)
+    for m, ix in new.items():
+        typer.echo(f"added {n_added} clips to {index / m}: {ix.count} in all")
+
+
+@app.command("remove")
+@user_errors
+def remove(
+    index: Path = typer.Option(..., "--index", help="Index root to shrink"),
+    ids: Path = typer.Option(..., "--ids", help="Text file of clip ids to remove, one a line"),
+) -> None:
+    """Remove clips from an index without a rebuild (the rest keep their order); one atomic commit."""
+    from avret.index.update import remove_ids
+
+    try:
+        wanted = [ln.strip() for ln in ids.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"--ids {ids}: cannot read it as a text file of clip ids "
+                                 f"({exc.__class__.__name__})") from None
+    if not wanted:
+        raise typer.BadParameter(f"--ids {ids}: no clip ids in it (one a line)")
+    new = remove_ids(index, wanted)
+    for m, ix in new.items():
+        typer.echo(f"removed {len(set(wanted))} clips from {index / m}: {ix.count} left")

@@ -34,6 +34,10 @@ def serve(
     workers_threads: int = typer.Option(40, "--threads", help="Request threads (searches and media decoding)"),
     report: Path | None = typer.Option(None, "--report", help="Evaluation report to link from the page (from avret "
                                        "eval --report; default: MODEL_RUN/report when it reports this model)"),
+    reload_interval: float = typer.Option(10.0, "--reload-interval",
+                                          help="Seconds between checks for a changed index (avret index add/remove, "
+                                               "a rebuild), swapped in without a restart; 0: no timer (POST "
+                                               "/admin/reload with the token still works)"),
 ) -> None:
     """Serve search over HTTP (JSON API + web page) on 127.0.0.1:8000 by default.
 
@@ -63,23 +67,29 @@ def serve(
             raise AvretError(f"{option} {value}: does not exist or is not a directory")
     if model is not None and not model.exists():
         raise AvretError(f"--model {model}: not found")
+    require_number(reload_interval, "--reload-interval", 0.0, 86400.0)
 
     import uvicorn
 
     from avret.index.searcher import Searcher
     from avret.serve.app import create_app
     from avret.serve.guard import KEEP_ALIVE_TIMEOUT, MAX_HEAD_BYTES, guarded_protocol, raise_fd_limit, server_limits
+    from avret.serve.reload import ReloadingSearcher, install
 
     index = default_path(index, DEMO_INDEX, "index")
     sock = _bind(host, port)  # a port in use: one line before the index is loaded
-    searcher = Searcher(index, model=model, device=device, precision=precision, features=features,
-                        media_root=media_root,
-                        load_model=True, max_query_seconds=max_seconds)
+
+    def open_root(root: Path) -> Searcher:
+        return Searcher(root, model=model, device=device, precision=precision, features=features,
+                        media_root=media_root, load_model=True, max_query_seconds=max_seconds)
+
+    searcher = ReloadingSearcher(index, open_root, interval=reload_interval or None)
     from avret.serve.page import configure_request_log, find_report
 
-    report_dir = find_report(searcher, report)
-    app = create_app(searcher, token=token, max_upload_bytes=int(max_upload_mb * 2**20), threads=workers_threads,
-                     report=report_dir)
+    report_dir = find_report(searcher, report)  # type: ignore[arg-type]
+    app = create_app(searcher, token=token, max_upload_bytes=int(max_upload_mb * 2**20),  # type: ignore[arg-type]
+                     threads=workers_threads, report=report_dir)
+    install(app, searcher, token)
     configure_request_log()
     limits = server_limits(raise_fd_limit())
 

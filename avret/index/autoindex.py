@@ -17,6 +17,9 @@ Estimated bytes (``nlist`` lists, PQ with ``m`` one-byte codes on ``D`` rotated 
     Flat                      4 n d
     IVF{nlist},Flat           n (4 d + 8) + 4 nlist d + 48 nlist
     OPQ{m}_{D},IVF{nlist},PQ{m}np n (m + 8) + 4 nlist D + 4 x 256 D + 4 d D + 48 nlist
+    IVF{nlist},PQ{m}np        n (m + 8) + 4 nlist d + 4 x 256 d + 48 nlist
+    IVF{nlist},SQ{b}          n (ceil(b d / 8) + 8) + 4 nlist d + 48 nlist + 8 d
+    SQ{b}                     n ceil(b d / 8) + 8 d
 
 Rules, first that applies:
 
@@ -27,16 +30,20 @@ Rules, first that applies:
    ``nprobe`` are scanned — recall is limited only by ``nprobe``, tuned below; about 0.8% more
    memory than Flat at d=128 (the 8-byte ids) for a search ``nlist/nprobe`` times cheaper.
 3. ``Flat`` when it fits (the budget lies between Flat and IVF-Flat).
-4. ``OPQ{m}_{D},IVF{nlist},PQ{m}np`` with the largest ``m`` of ``PQ_CODE_BYTES`` (64, 32, 16, 8,
-   4; ``m <= max(4, d / 4)``) that fits: more code bytes, better recall; OPQ rotates the space so the ``m``
-   sub-vectors carry balanced variance (``D`` = ``d`` rounded up to a multiple of ``m``). ``np``:
-   no polysemous training (a slow annealing of code ids only Hamming pre-filtering uses, which
-   avret does not), and OPQ runs ``OPQ_NITER`` (10) alternations instead of FAISS's 50 — both
-   measured here to dominate build time (10k x 64 vectors: 49 s with polysemous training, 3.6 s
-   without; OPQ's 50 alternations another 43 s). ``m <= max(4, d / 4)`` (sub-vectors of at least 4
-   dimensions once d >= 16): 2-dimensional sub-vectors (PQ64 on d=128) took 234 s to train on 12k vectors,
-   while OPQ32 + IVF1024 + PQ32 trains on 64k x 128 in 31 s (2 cores).
-5. Nothing fits: an error naming the smallest choice and its size.
+4. Neither fits: the compressed candidates that fit are BUILT AND MEASURED (:func:`select`, issue
+   21): the largest ``IVF{nlist},SQ{8,6,4}`` that fits, the largest flat ``SQ{8,6,4}`` (galleries
+   under ``FLAT_SQ_BELOW`` only), and the two largest ``IVF{nlist},PQ{m}np`` (m of 32, 16, 8, 4,
+   ``m <= max(4, d / 4)``), each searched with an optional exact re-rank of its top ``k x
+   k_factor`` from the memory-mapped ``embeddings.npy`` (disk, not RAM: the budget counts what the
+   FAISS index keeps in memory). For each candidate nprobe doubles and ``k_factor`` runs over
+   ``K_FACTORS`` on the held-out gallery sample until two doublings add < 0.005 recall; per depth
+   the smallest nprobe reaching the target is timed one query at a time, and the fastest candidate
+   setting that reaches ``--target-recall`` is kept. Every candidate's curve, settings, build time
+   and latency go into ``manifest.auto.candidates``. When none reaches the target, the build is
+   refused (exit 2) naming the smallest budget that does -- found by building the candidates above
+   the budget smallest first -- unless ``best_effort``. (OPQ rotations are no longer tried: with
+   the re-rank they add little recall and cost most of the training time.)
+5. Nothing fits: an error naming the smallest candidate and its size.
 
 ``nlist`` is the largest power of two ``<= 4 sqrt(n)``, at most ``n / 39`` (FAISS wants 39 training
 points a centroid) and at most 65 536. Training uses a seeded sample of
@@ -107,6 +114,8 @@ LIST_OVERHEAD = 48
 DEFAULT_TARGET_RECALL = 0.95
 TUNE_SAMPLE = 1000
 TUNE_K = 10
+#: Training rows for a scalar quantiser's per-dimension ranges.
+SQ_TRAIN = 65_536
 #: Rows per shard when ``shards`` is not given.
 SHARD_ROWS = 1_000_000
 
@@ -185,19 +194,21 @@ def choose_factory(n: int, d: int, max_memory: int | None = None) -> tuple[str, 
                 f"exact vectors, nprobe of {nlist} lists scanned", ivf)
     if fits(flat):
         return "Flat", f"IVF-Flat ({format_size(ivf)}) does not fit but Flat does ({format_size(flat)}, {budget})", flat
-    smallest = None
-    for m in PQ_CODE_BYTES:
-        if m > max(4, d // 4):  # sub-vectors of >= 4 dimensions (see the module docstring)
-            continue
-        est = estimate_bytes("ivf-pq", n, d, nlist, m)
-        factory = f"OPQ{m}_{m * math.ceil(d / m)},IVF{nlist},PQ{m}np"
-        smallest = (factory, est)
-        if fits(est):
-            return (factory, f"Flat ({format_size(flat)}) and IVF-Flat ({format_size(ivf)}) exceed the {budget}; "
-                    f"the largest PQ code that fits is {m} bytes ({format_size(est)})", est)
-    name, est = smallest if smallest is not None else ("Flat", flat)
+    short = shortlist(n, d, max_memory)
+    if short:
+        best = short[0]
+        return (best.factory, f"Flat ({format_size(flat)}) and IVF-Flat ({format_size(ivf)}) exceed the {budget}; "
+                f"compressed candidates that fit, built and measured: {', '.join(c.factory for c in short)}",
+                best.nbytes)
+    smallest = min((c for c in candidates(n, d) if not c.exact), key=lambda c: c.nbytes)
     raise AvretError(f"--max-memory {format_size(max_memory or 0)} is too small for {n} x {d} vectors: the smallest "
-                     f"index avret chooses ({name}) takes {format_size(est)}; raise --max-memory")
+                     f"index avret chooses ({smallest.factory}) takes {format_size(smallest.nbytes)}; "
+                     "raise --max-memory")
+
+
+def needs_selection(factory: str) -> bool:
+    """Whether an auto choice is a compressed candidate, chosen by :func:`select` on measured recall."""
+    return factory != "Flat" and not factory.endswith(",Flat")
 
 
 def prepare(index: Any) -> None:
@@ -219,8 +230,11 @@ def training_rows(index: Any, n: int) -> int:
     """How many vectors to train ``index`` on (see the module docstring); ``n`` when fewer."""
     ivf = faiss.try_extract_index_ivf(index)
     want = TRAIN_PER_LIST * (ivf.nlist if ivf is not None else 1)
-    if "PQ" in type(faiss.downcast_index(ivf if ivf is not None else index)).__name__:
+    kind = type(faiss.downcast_index(ivf if ivf is not None else index)).__name__
+    if "PQ" in kind:
         want = max(want, PQ_MIN_TRAIN)
+    if "ScalarQuantizer" in kind:  # the per-dimension ranges: a sample, not a handful
+        want = max(want, SQ_TRAIN)
     return min(n, want)
 
 
@@ -429,3 +443,317 @@ def is_ondisk(index: Any) -> bool:
     """Whether ``index`` is an IVF index whose inverted lists live in an ``.ivfdata`` file."""
     ivf = faiss.try_extract_index_ivf(index)
     return ivf is not None and isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
+
+
+# ====================================================================== spending the budget on recall
+# (issue 21) When neither Flat nor IVF-Flat fits, the compressed candidates that fit are BUILT and
+# MEASURED on the held-out sample, each with an optional exact re-rank of a short candidate list, and
+# the fastest one that reaches the target recall is kept. Rules and accounting: docs/indexes.md.
+
+#: Bits per dimension of the scalar quantisers tried (faiss ``SQ8``, ``SQ6``, ``SQ4``).
+SQ_BITS = (8, 6, 4)
+#: A flat (un-clustered) scalar quantiser is only a candidate below this many vectors: above it a
+#: query scans too many codes for an interactive search.
+FLAT_SQ_BELOW = 200_000
+#: Re-rank depths tried: the index returns ``k x k_factor`` candidates, re-scored exactly.
+K_FACTORS = (1, 2, 4, 8, 16, 32, 64)
+#: A sweep stops once two doublings add less than this much recall.
+SWEEP_GAIN = 0.005
+#: Single queries timed per (candidate, setting) when comparing latencies.
+LATENCY_QUERIES = 100
+#: Candidates above the budget built to find the smallest budget that reaches the target.
+MAX_ABOVE_BUDGET = 3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One index the auto factory may build: its factory string, family and RAM estimate (bytes)."""
+
+    factory: str
+    family: str  # flat | ivf-flat | ivf-sq | sq | ivf-pq
+    nbytes: int
+
+    @property
+    def exact(self) -> bool:
+        return self.family in ("flat", "ivf-flat")
+
+
+def sq_bytes(n: int, d: int, bits: int, nlist: int = 0) -> int:
+    """RAM of ``SQ{bits}`` (``nlist`` 0) or ``IVF{nlist},SQ{bits}``: codes (+ ids, centroids, lists), ranges."""
+    code = math.ceil(d * bits / 8)
+    if nlist == 0:
+        return n * code + 8 * d
+    return n * (code + 8) + 4 * nlist * d + LIST_OVERHEAD * nlist + 8 * d
+
+
+def pq_bytes(n: int, d: int, m: int, nlist: int) -> int:
+    """RAM of ``IVF{nlist},PQ{m}`` (no rotation): codes + ids + centroids + codebooks + lists."""
+    return n * (m + 8) + 4 * nlist * d + 4 * 256 * d + LIST_OVERHEAD * nlist
+
+
+def candidates(n: int, d: int) -> list[Candidate]:
+    """Every index the auto factory considers for ``n`` x ``d`` vectors, smallest first (budget not applied)."""
+    nlist = ivf_nlist(n)
+    out = [Candidate("Flat", "flat", estimate_bytes("flat", n, d)),
+           Candidate(f"IVF{nlist},Flat", "ivf-flat", estimate_bytes("ivf-flat", n, d, nlist))]
+    for bits in SQ_BITS:
+        out.append(Candidate(f"IVF{nlist},SQ{bits}", "ivf-sq", sq_bytes(n, d, bits, nlist)))
+        if n < FLAT_SQ_BELOW:
+            out.append(Candidate(f"SQ{bits}", "sq", sq_bytes(n, d, bits)))
+    for m in PQ_CODE_BYTES:
+        if m > max(4, d // 4):
+            continue
+        out.append(Candidate(f"IVF{nlist},PQ{m}np", "ivf-pq", pq_bytes(n, d, m, nlist)))
+    return sorted(out, key=lambda c: (c.nbytes, c.factory))
+
+
+def shortlist(n: int, d: int, budget: int | None) -> list[Candidate]:
+    """The compressed candidates built and measured under ``budget`` (largest of each family first).
+
+    The largest IVF-SQ that fits, the largest flat SQ that fits (small galleries only), and the two
+    largest IVF-PQ codes that fit (the second searches faster, and with re-ranking may reach the
+    target too). Empty when nothing compressed fits.
+    """
+    fit = [c for c in candidates(n, d) if not c.exact and (budget is None or c.nbytes <= budget)]
+    fit.sort(key=lambda c: -c.nbytes)
+    chosen: list[Candidate] = []
+    for family, count in (("ivf-sq", 1), ("sq", 1), ("ivf-pq", 2)):
+        chosen += [c for c in fit if c.family == family][:count]
+    return sorted(chosen, key=lambda c: -c.nbytes)
+
+
+def rerank(queries: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k: int,
+           chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` of each query among its candidate ``rows`` (``-1``: none), re-scored from ``vectors``.
+
+    ``vectors`` may be memory-mapped (``embeddings.npy``): each chunk of queries reads its distinct
+    candidate rows once, in increasing order. Equal scores keep the lower row first, as a flat index
+    does. Returns ``(scores, rows)``; fewer than ``k`` candidates leave ``-inf`` / ``-1``.
+    """
+    nq, depth = rows.shape
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    for s in range(0, nq, chunk):
+        r = rows[s : s + chunk]
+        q = np.ascontiguousarray(queries[s : s + chunk], dtype=np.float32)
+        valid = r >= 0
+        uniq = np.unique(r[valid])
+        if uniq.size == 0:
+            continue
+        emb = np.asarray(vectors[uniq], dtype=np.float32)
+        pos = np.searchsorted(uniq, np.where(valid, r, uniq[0]))
+        scores = np.einsum("qd,qkd->qk", q, emb[pos]).astype(np.float32)
+        scores[~valid] = -np.inf
+        key_rows = np.where(valid, r, np.iinfo(np.int64).max)
+        order = np.lexsort((key_rows, -scores), axis=-1)[:, :k]  # score desc, then row asc
+        kk = order.shape[1]
+        out_s[s : s + chunk, :kk] = np.take_along_axis(scores, order, axis=1)
+        out_i[s : s + chunk, :kk] = np.where(np.take_along_axis(valid, order, axis=1),
+                                             np.take_along_axis(r, order, axis=1), -1)
+    return out_s, out_i
+
+
+def search_reranked(index: Any, queries: np.ndarray, k: int, k_factor: int, vectors: np.ndarray | None,
+                    params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """``index``'s top ``k x k_factor`` re-ranked exactly from ``vectors`` to the top ``k`` (``k_factor`` 1: plain)."""
+    depth = min(int(index.ntotal), k * k_factor)
+    if k_factor <= 1 or vectors is None or depth <= k:
+        return index.search(queries, k, params=params)
+    _, rows = index.search(queries, depth, params=params)
+    return rerank(queries, rows, vectors, k)
+
+
+def _probes(index: Any) -> list[int | None]:
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return [None]
+    out, p = [], 1
+    while p < ivf.nlist:
+        out.append(p)
+        p *= 2
+    return out + [int(ivf.nlist)]
+
+
+def _plateaued(history: list[float], target: float) -> bool:
+    """Target reached, or the last two doublings added less than :data:`SWEEP_GAIN`."""
+    return history[-1] >= target or (len(history) >= 3 and history[-1] - history[-3] < SWEEP_GAIN)
+
+
+def sweep(index: Any, queries: np.ndarray, exact_ids: np.ndarray, vectors: np.ndarray,
+          target: float) -> list[list[float]]:
+    """Measured recall@k over nprobe (doubling) x re-rank depth :data:`K_FACTORS`: ``[[nprobe, k_factor, recall]]``.
+
+    One search per nprobe returns the deepest candidate list; each ``k_factor`` re-ranks a prefix of
+    it (what a search with that depth returns, since the list is ordered by approximate score). nprobe
+    stops rising once every depth has reached ``target`` or plateaued (two doublings add <
+    :data:`SWEEP_GAIN`). ``nprobe`` is None for an index without lists.
+    """
+    k = exact_ids.shape[1]
+    ivf = faiss.try_extract_index_ivf(index)
+    depth = min(int(index.ntotal), k * K_FACTORS[-1])
+    factors = [f for f in K_FACTORS if f == 1 or k * f <= depth]
+    hist: dict[int, list[float]] = {f: [] for f in factors}
+    curve: list[list[float]] = []
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    for probe in _probes(index):
+        if ivf is not None:
+            ivf.nprobe = probe
+        _, rows = index.search(q, depth)
+        for f in factors:
+            found = rows[:, :k] if f == 1 else rerank(q, rows[:, : k * f], vectors, k)[1]
+            r = recall_at_k(found, exact_ids)
+            hist[f].append(r)
+            curve.append([probe, f, round(r, 6)])
+        if all(_plateaued(h, target) for h in hist.values()):
+            break
+    return curve
+
+
+def batch1_ms(index: Any, queries: np.ndarray, k: int, nprobe: int | None, k_factor: int,
+              vectors: np.ndarray | None) -> float:
+    """Median milliseconds of one query at a time (the first :data:`LATENCY_QUERIES` of ``queries``)."""
+    import time
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and nprobe is not None:
+        ivf.nprobe = nprobe
+    times = []
+    for row in np.ascontiguousarray(queries[:LATENCY_QUERIES], dtype=np.float32):
+        t0 = time.perf_counter()
+        search_reranked(index, row[None, :], k, k_factor, vectors)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def settings(curve: list[list[float]], target: float) -> list[tuple[int | None, int, float]]:
+    """For each re-rank depth the smallest nprobe reaching ``target``: ``[(nprobe, k_factor, recall)]``.
+
+    When no depth reaches it: the best measured setting (the smallest nprobe and depth within
+    :data:`PLATEAU_TOLERANCE` of the best recall), alone.
+    """
+    out = []
+    for f in sorted({int(c[1]) for c in curve}):
+        hit = next(((p, r) for p, ff, r in curve if ff == f and r >= target), None)
+        if hit is not None:
+            out.append((None if hit[0] is None else int(hit[0]), f, float(hit[1])))
+    if out:
+        return out
+    best = max(r for _, _, r in curve)
+    p, f, r = next((p, f, r) for p, f, r in sorted(curve, key=lambda c: (c[1], c[0] or 0))
+                   if r >= best - PLATEAU_TOLERANCE)
+    return [(None if p is None else int(p), int(f), float(r))]
+
+
+def train_index(factory: str, x: np.ndarray, t_rows: np.ndarray, d: int) -> Any:
+    """A fresh ``factory`` index (inner product, auto options) trained on rows ``t_rows`` of ``x``."""
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    prepare(index)
+    if not index.is_trained:
+        index.train(np.ascontiguousarray(x[t_rows], dtype=np.float32))
+    return index
+
+
+def add_all(index: Any, x: np.ndarray, step: int = 65_536) -> None:
+    """Add every row of ``x`` (memory-mapped is fine), a block at a time."""
+    for s in range(0, x.shape[0], step):
+        index.add(np.ascontiguousarray(x[s : s + step], dtype=np.float32))
+
+
+def evaluate(cand: Candidate, x: np.ndarray, q_rows: np.ndarray, t_rows: np.ndarray, exact_ids: np.ndarray,
+             target: float, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build ``cand`` on ``x`` (trained on ``t_rows``), sweep it on queries ``x[q_rows]``, time its settings.
+
+    Returns the manifest record ``{factory, family, estimated_bytes, build_s, curve, nprobe,
+    k_factor, recall, target_met, batch1_ms, settings}``; the chosen setting is the fastest measured
+    one that reaches ``target`` (else the best recall).
+    """
+    import time
+
+    n, d = x.shape
+    if progress is not None:
+        progress(f"trying {cand.factory} ({format_size(cand.nbytes)}): train on {len(t_rows)}, add {n}")
+    t0 = time.perf_counter()
+    index = train_index(cand.factory, x, t_rows, d)
+    add_all(index, x)
+    build_s = time.perf_counter() - t0
+    queries = np.ascontiguousarray(x[q_rows], dtype=np.float32)
+    curve = sweep(index, queries, exact_ids, x, target)
+    k = exact_ids.shape[1]
+    timed = [(p, f, r, batch1_ms(index, queries, k, p, f, x)) for p, f, r in settings(curve, target)]
+    met = [t for t in timed if t[2] >= target]
+    p, f, r, ms = min(met, key=lambda t: t[3]) if met else max(timed, key=lambda t: t[2])
+    return {"factory": cand.factory, "family": cand.family, "estimated_bytes": int(cand.nbytes),
+            "build_s": round(build_s, 3), "nprobe": p, "k_factor": int(f), "recall": round(r, 6),
+            "target_met": bool(r >= target), "batch1_ms": round(ms, 4),
+            "settings": [[pp, ff, round(rr, 6), round(tt, 4)] for pp, ff, rr, tt in timed],
+            "curve": curve, "_index": index}
+
+
+@dataclass
+class Selection:
+    """What :func:`select` chose: the factory, its search setting and every candidate measured."""
+
+    factory: str
+    nprobe: int | None
+    k_factor: int
+    recall: float
+    target_met: bool
+    candidates: list[dict[str, Any]]
+    smallest_budget: dict[str, Any] | None
+    #: The chosen index, built on the whole gallery (trained on the seeded sample), ready to save.
+    index: Any = None
+
+
+def select(x: np.ndarray, budget: int | None, target: float, q_rows: np.ndarray, exact_ids: np.ndarray,
+           seed: int = 0, progress: Callable[[str], None] | None = None) -> Selection:
+    """Build and measure the :func:`shortlist` under ``budget``; keep the fastest that reaches ``target``.
+
+    When none reaches it, the candidates above the budget are built smallest first (at most
+    :data:`MAX_ABOVE_BUDGET`, then the exact IVF-Flat, whose recall at full nprobe is 1 by
+    construction) until one does: ``smallest_budget`` records it (bytes, factory, measured recall,
+    how found).
+    """
+    n, d = x.shape
+    results = []
+    for cand in shortlist(n, d, budget):
+        _, t_rows = split_rows(n, len(q_rows), training_rows(faiss.index_factory(d, cand.factory), n), seed)
+        results.append(evaluate(cand, x, q_rows, t_rows, exact_ids, target, progress))
+    met = [r for r in results if r["target_met"]]
+    best = min(met, key=lambda r: r["batch1_ms"]) if met else max(results, key=lambda r: r["recall"])
+    chosen = best["_index"]
+    for r in results:  # one index in memory at a time beyond the chosen one
+        r.pop("_index", None)
+    smallest = None
+    if not met:
+        above = [c for c in candidates(n, d) if budget is not None and c.nbytes > budget and not c.exact]
+        for cand in above[:MAX_ABOVE_BUDGET]:
+            _, t_rows = split_rows(n, len(q_rows), training_rows(faiss.index_factory(d, cand.factory), n), seed)
+            res = evaluate(cand, x, q_rows, t_rows, exact_ids, target, progress)
+            res.pop("_index")
+            res["above_budget"] = True
+            results.append(res)
+            if res["target_met"]:
+                smallest = {"bytes": res["estimated_bytes"], "factory": res["factory"], "recall": res["recall"],
+                            "how": "measured: the candidates above the budget built smallest first"}
+                break
+        if smallest is None:
+            exact = next(c for c in candidates(n, d) if c.family == "ivf-flat")
+            smallest = {"bytes": exact.nbytes, "factory": exact.factory, "recall": 1.0,
+                        "how": f"the exact {exact.factory} (recall 1 at full nprobe); the "
+                               f"{min(len(above), MAX_ABOVE_BUDGET)} smaller candidates above the budget "
+                               "built missed the target"}
+    return Selection(factory=best["factory"], nprobe=best["nprobe"], k_factor=best["k_factor"],
+                     recall=best["recall"], target_met=best["target_met"], candidates=results,
+                     smallest_budget=smallest, index=chosen)
+
+
+def refusal(n: int, d: int, budget: int | None, target: float, sel: Selection) -> str:
+    """The one-line refusal when no candidate within ``budget`` reaches ``target`` (see :func:`select`)."""
+    best = next(c for c in sel.candidates if c["factory"] == sel.factory)
+    line = (f"--target-recall {target}: no index within --max-memory {format_size(budget or 0)} reaches it for "
+            f"{n} x {d} vectors (best measured: {best['factory']}, recall@{TUNE_K} {best['recall']:.3f})")
+    small = sel.smallest_budget
+    if small is not None:
+        line += (f"; the smallest budget that does is {format_size(small['bytes'])} ({small['bytes']} bytes: "
+                 f"{small['factory']}, recall {small['recall']:.3f}; {small['how']})")
+    return line + "; raise --max-memory, lower --target-recall or pass --best-effort"

@@ -42,13 +42,16 @@ def build_indexes(
     shards: int | None = 1,
     workers: int | None = None,
     precision: str = "fp32",
+    best_effort: bool = False,
 ) -> dict[str, AVIndex]:
     """Embed ``dataset``'s ``split`` with ``model`` and write one index per modality under ``out``.
 
     ``out`` may only replace an earlier index root unless ``overwrite``, and never the model it reads.
-    ``max_memory``, ``target_recall``, ``shards`` (None: by size) and ``workers``: see :meth:`AVIndex.build`.
+    ``max_memory``, ``target_recall``, ``shards`` (None: by size), ``workers`` and ``best_effort``: see
+    :meth:`AVIndex.build` (without ``best_effort`` a budget no candidate reaches the target within is refused
+    before anything is written).
     """
-    check_build_options(factory, max_memory, target_recall, shards, workers)
+    check_build_options(factory, max_memory, target_recall, shards, workers, best_effort)
     check_output(out, INDEX_KIND, overwrite=overwrite,
                  reads=(model.path.parent if model.path and Path(model.path).name == "model" else model.path,))
     gallery = dataset.subset(split)
@@ -77,24 +80,26 @@ def build_indexes(
                 dataset=dataset_ref(dataset), factory=factory, device=device, max_memory=max_memory,
                 target_recall=target_recall, shards=shards, workers=workers, workdir=work, progress=progress,
                 precision=precision,
+                best_effort=best_effort,
             )
             index.save(tmp / modality)
             built[modality] = index
         shutil.rmtree(work)  # what a built index still maps stays readable until it is closed
-        table = media_table(list(map(str, gallery.clip_ids)), _media_paths(gallery), _features_dir(dataset))
+        table = media_table(list(map(str, gallery.clip_ids)), clip_media_paths(gallery), features_dir_of(dataset))
         if table:
             write_json(tmp / MEDIA_FILE, table)
     return built
 
 
 def check_build_options(factory: str, max_memory: int | str | None, target_recall: float | None,
-                        shards: int | None, workers: int | None) -> None:
+                        shards: int | None, workers: int | None, best_effort: bool = False) -> None:
     """Refuse bad ``index build`` options in one line (:class:`AvretError`) before any work is done."""
     if "idmap" in factory.lower() or "idmap" in factory.replace(" ", "").lower():
         raise AvretError(f"--factory {factory}: an IDMap takes ids of its own; avret keeps the clip ids itself "
                          "(use the factory without IDMap, e.g. Flat, IVF256,Flat or HNSW32)")
-    if factory != "auto" and (max_memory is not None or target_recall is not None):
-        raise AvretError(f"--max-memory and --target-recall need --factory auto (got --factory {factory})")
+    if factory != "auto" and (max_memory is not None or target_recall is not None or best_effort):
+        raise AvretError(f"--max-memory, --target-recall and --best-effort need --factory auto "
+                         f"(got --factory {factory})")
     if max_memory is not None:
         parse_size(max_memory)
     if target_recall is not None and not 0 < target_recall <= 1:
@@ -105,13 +110,13 @@ def check_build_options(factory: str, max_memory: int | str | None, target_recal
         raise AvretError(f"--workers {workers}: expected at least 1")
 
 
-def _media_paths(dataset: AVDataset) -> list[str | None]:
+def clip_media_paths(dataset: AVDataset) -> list[str | None]:
     """Each clip's media file when the data set knows it (folders written by ``features extract``)."""
     media = getattr(dataset, "media", None)
     return [None] * len(dataset) if media is None else [str(m) if m else None for m in media]
 
 
-def _features_dir(dataset: AVDataset) -> Path | None:
+def features_dir_of(dataset: AVDataset) -> Path | None:
     """The features directory a folder data set came from (its extract_config.json serves media queries)."""
     src = Path(dataset.source) if getattr(dataset, "source", None) else None
     return src if src is not None and (src / "extract_config.json").is_file() else None

@@ -65,7 +65,9 @@ class IndexManifest:
     ivfdata: str | None = None
     #: ``--factory auto``: ``{"reason", "max_memory" (bytes or None), "estimated_bytes"}``.
     auto: dict[str, Any] | None = None
-    #: nprobe tuning: ``{"nprobe", "k", "target_recall", "recall", "target_met", "sample_size", "seed", "curve"}``.
+    #: nprobe tuning: ``{"nprobe", "k", "target_recall", "recall", "target_met", "sample_size", "seed", "curve"}``;
+    #: a measured compressed choice adds ``k_factor`` (searches re-rank the top ``k x k_factor`` exactly
+    #: from ``embeddings.npy``; absent: 1, no re-rank) and ``batch1_ms``, and ``nprobe`` may be null.
     tuning: dict[str, Any] | None = None
     #: What searched when the index was built: ``{"name": "faiss"|"torch", "device": "cpu"|"cuda", "precision"}``.
     backend: dict[str, Any] | None = None
@@ -140,11 +142,17 @@ class IndexManifest:
         if auto is not None and not (isinstance(auto, dict) and isinstance(auto.get("reason"), str)):
             raise IndexError_(f"{source}: field 'auto' must be null or an object with a string 'reason', got {auto!r}")
         if tuning is not None:
-            nprobe, recall = (tuning.get("nprobe"), tuning.get("recall")) if isinstance(tuning, dict) else (None, None)
-            if (not isinstance(nprobe, int) or isinstance(nprobe, bool) or nprobe < 1
+            nprobe, recall, kf = ((tuning.get("nprobe", 0), tuning.get("recall"), tuning.get("k_factor", 1))
+                                  if isinstance(tuning, dict) else (0, None, 0))
+
+            def _count(v: Any) -> bool:
+                return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+            if (not (nprobe is None or _count(nprobe)) or not _count(kf)
                     or not isinstance(recall, (int, float)) or isinstance(recall, bool) or not 0 <= recall <= 1):
                 raise IndexError_(f"{source}: field 'tuning' must be null or an object with an integer 'nprobe' >= 1 "
-                                  f"and a 'recall' in [0, 1], got {tuning!r}")
+                                  f"(null: no lists), an integer 'k_factor' >= 1 (re-rank depth) and a 'recall' "
+                                  f"in [0, 1], got {tuning!r}")
         backend = d.get("backend")
         if backend is not None and not (isinstance(backend, dict) and isinstance(backend.get("name"), str)
                                         and isinstance(backend.get("device"), str)):

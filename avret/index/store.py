@@ -383,6 +383,7 @@ class AVIndex:
         shards: int | None = 1,
         workers: int | None = None,
         seed: int = 0,
+        best_effort: bool = False,
         workdir: str | os.PathLike[str] | None = None,
         progress: Callable[[str], None] | None = None,
         precision: str = "fp32",
@@ -402,6 +403,11 @@ class AVIndex:
         directory under ``workdir`` (default: the system's temporary directory; put it on the disk
         the index is saved to). ``embeddings`` may be a memory-mapped ``.npy`` (``np.load(...,
         mmap_mode="r")``), which the workers then read without a copy.
+
+        When ``max_memory`` rules out Flat and IVF-Flat, the compressed candidates that fit are built
+        and measured (:func:`avret.index.autoindex.select`), each with an optional exact re-rank of a
+        short candidate list from ``embeddings.npy``; when none reaches ``target_recall`` the build is
+        refused with the smallest budget that would (:class:`AvretError`) unless ``best_effort``.
         """
         if modality not in MODALITIES:
             raise AvretError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
@@ -431,6 +437,24 @@ class AVIndex:
         target = autoindex.DEFAULT_TARGET_RECALL if target_recall is None else target_recall
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
             raise AvretError(f"target_recall must be a number in (0, 1], got {target_recall!r}")
+        selection = None
+        if auto is not None and autoindex.needs_selection(factory):
+            _check_finite(x, None)
+            sel_rows, _ = autoindex.split_rows(n, autoindex.TUNE_SAMPLE, 0, seed)
+            sel_exact = autoindex.exact_topk(np.ascontiguousarray(x[sel_rows]), x, autoindex.TUNE_K)[1]
+            selection = autoindex.select(x, auto["max_memory"], float(target), sel_rows, sel_exact, seed, progress)
+            if not selection.target_met and not best_effort:
+                raise AvretError(autoindex.refusal(n, d, auto["max_memory"], float(target), selection))
+            chosen = next(c for c in selection.candidates if c["factory"] == selection.factory)
+            factory = selection.factory
+            if progress is not None:
+                progress(f"chosen {factory}: recall@{autoindex.TUNE_K} {selection.recall:.3f}, "
+                         f"nprobe {selection.nprobe}, re-rank x{selection.k_factor}")
+            auto.update(reason=f"{auto['reason']}; chosen: {factory} (fastest measured that reaches the target)"
+                        if selection.target_met else f"{auto['reason']}; chosen: {factory} (best measured recall, "
+                        "--best-effort)", estimated_bytes=int(chosen["estimated_bytes"]),
+                        candidates=[{k: v for k, v in c.items()} for c in selection.candidates],
+                        smallest_budget=selection.smallest_budget)
         shards = autoindex.default_shards(n) if shards is None else shards
         if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or not 1 <= shards <= n:
             raise AvretError(f"shards must be an integer in 1..{n} (the number of vectors), got {shards!r}")
@@ -440,6 +464,9 @@ class AVIndex:
             raise AvretError(f"invalid FAISS factory string {factory!r}: {faiss_message(exc)}") from None
         if auto is not None:
             autoindex.prepare(cpu_index)
+        prebuilt = selection is not None and shards == 1
+        if prebuilt:  # measured by select(): trained on the same seeded sample, every row added
+            cpu_index = selection.index
         ivf = _ivf_of(cpu_index)
         if ivf is not None and n < ivf.nlist:
             raise AvretError(
@@ -451,7 +478,7 @@ class AVIndex:
         if plan.name == "torch":  # a Flat index is built (added) on the CPU; searches then run on torch
             requested = "cpu"
         dev = plan.device if plan.name == "faiss" else "cpu"
-        tune = auto is not None and ivf is not None
+        tune = auto is not None and (ivf is not None or selection is not None)
         q_rows, t_rows = autoindex.split_rows(n, autoindex.TUNE_SAMPLE if tune else 0,
                                               autoindex.training_rows(cpu_index, n) if auto else n, seed)
         # sharded builds stay on the CPU (their lists are merged on disk); the result is placed afterwards
@@ -472,8 +499,12 @@ class AVIndex:
         queries = np.ascontiguousarray(x[q_rows]) if tune else None
         ivfdata = work = None
         if shards == 1:
-            index.add(x)
-            top = autoindex.exact_topk(queries, x, autoindex.TUNE_K) if tune else None
+            if not prebuilt:
+                index.add(x)
+            if selection is not None:
+                top = (None, sel_exact)  # the same held-out rows (same seed)
+            else:
+                top = autoindex.exact_topk(queries, x, autoindex.TUNE_K) if tune else None
             emb = None if exact else x
         else:
             work = Path(tempfile.mkdtemp(prefix=".avret-build-", dir=workdir))
@@ -493,7 +524,18 @@ class AVIndex:
                 shutil.rmtree(work, ignore_errors=True)
                 raise
         tuning = None
-        if tune:
+        if selection is not None:
+            if ivf is not None and selection.nprobe is not None:
+                faiss.extract_index_ivf(index).nprobe = int(selection.nprobe)
+            kf = int(selection.k_factor)
+            found = autoindex.search_reranked(index, queries, autoindex.TUNE_K, kf, x)[1]
+            recall = autoindex.recall_at_k(found, top[1])
+            chosen = next(c for c in selection.candidates if c["factory"] == factory)
+            tuning = {"k": autoindex.TUNE_K, "target_recall": float(target), "sample_size": int(len(q_rows)),
+                      "seed": int(seed), "nprobe": selection.nprobe, "k_factor": kf, "recall": round(recall, 6),
+                      "target_met": bool(recall >= target), "batch1_ms": chosen["batch1_ms"],
+                      "curve": chosen["curve"]}
+        elif tune:
             if progress is not None:
                 progress(f"tuning nprobe for recall@{autoindex.TUNE_K} >= {target} on {len(q_rows)} held-out queries")
             tuning = {"k": autoindex.TUNE_K, "target_recall": float(target), "sample_size": int(len(q_rows)),
@@ -690,6 +732,7 @@ class AVIndex:
         nprobe: int | None = None,
         ef_search: int | None = None,
         allowed_rows: np.ndarray | None = None,
+        k_factor: int | None = None,
     ) -> SearchResult:
         """Top-``k`` gallery items for each query row, by inner product (cosine), best first.
 
@@ -698,6 +741,10 @@ class AVIndex:
         speed for recall; they apply to this call only. ``allowed_rows`` restricts the answer to
         those gallery rows (a FAISS ID selector: exact for flat indexes, CPU only); fewer than
         ``k`` of them leave missing slots. Concurrent calls from several threads are safe.
+
+        ``k_factor`` (default: the manifest's ``tuning.k_factor``, else 1) re-ranks the index's top
+        ``k x k_factor`` exactly from the stored embeddings (``embeddings.npy``, memory-mapped); an
+        index without stored embeddings (a flat one: exact already) ignores it.
         """
         where = self._where()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -723,6 +770,10 @@ class AVIndex:
         if not finite.all():
             raise QueryError(f"query row {int(np.flatnonzero(~finite)[0])} contains NaN or inf ({where})")
 
+        if k_factor is None:
+            k_factor = int((self.manifest.tuning or {}).get("k_factor", 1))
+        if isinstance(k_factor, bool) or not isinstance(k_factor, (int, np.integer)) or k_factor < 1:
+            raise QueryError(f"k_factor must be an integer >= 1, got {k_factor!r}")
         tuning = _search_params(self._index, nprobe, ef_search, where, self._faiss_device)  # validates both
         if self._torch is not None:  # exact: nprobe/ef_search were refused above (a Flat has neither)
             allowed = None if allowed_rows is None else np.unique(np.asarray(allowed_rows, dtype=np.int64))
@@ -741,8 +792,8 @@ class AVIndex:
             scores = np.empty((n, k), dtype=np.float32)
             rows = np.empty((n, k), dtype=np.int64)
             for s in range(0, n, SEARCH_BATCH):
-                scores[s : s + SEARCH_BATCH], rows[s : s + SEARCH_BATCH] = self._index.search(
-                    q[s : s + SEARCH_BATCH], k, params=params
+                scores[s : s + SEARCH_BATCH], rows[s : s + SEARCH_BATCH] = autoindex.search_reranked(
+                    self._index, q[s : s + SEARCH_BATCH], k, int(k_factor), self._embeddings, params=params
                 )
         del selector  # the params object only borrows it
         return self._result(scores, rows)
