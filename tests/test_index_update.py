@@ -156,7 +156,7 @@ def _lib_root(tmp_path: Path) -> Path:
         (["index", "remove", "--index", "NOROOT", "--ids", "IDS"], "no index there"),
         (["index", "add", "--index", "ROOT", "--features", "X", "--dataset", "vegas-synth"], "give one of them"),
         (["index", "add", "--index", "ROOT"], "records no model path; pass --model"),
-        (["serve", "--index", "ROOT", "--reload-interval", "-1"], "--reload-interval -1.0: expected seconds >= 0"),
+        (["serve", "--index", "ROOT", "--reload-interval", "-1"], "--reload-interval -1.0: expected a finite"),
     ],
 )
 def test_bad_change_options_exit_2_and_change_nothing(tmp_path: Path, args: list[str], needle: str) -> None:

@@ -37,6 +37,13 @@ def _ok(*args) -> str:
     return res.output
 
 
+def _json(*args) -> dict:
+    """A command's JSON answer: stdout only (status lines go to stderr)."""
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, (args, res.output, res.exception)
+    return json.loads(res.stdout)
+
+
 def _fail(*args) -> str:
     res = CliRunner().invoke(app, [str(a) for a in args])
     assert res.exit_code == 2, (args, res.output, res.exception)
@@ -77,7 +84,7 @@ def _pipeline(feats: Path, tmp: Path, audio_dim: int, visual_dim: int) -> dict:
     assert f"audio {audio_dim}-d, visual {visual_dim}-d" in out
     _ok("index", "build", "--model", run, "--out", idx, "--device", "cpu")
     query = FSDD / "3_jackson_0.wav"
-    answer = json.loads(_ok("search", "audio-to-video", "--index", idx, "--query", query, "-k", 5, "--json"))
+    answer = _json("search", "audio-to-video", "--index", idx, "--query", query, "-k", 5, "--json")
     results = answer["queries"][0]["results"]
     assert answer["queries"][0]["query"] == query.name and len(results) == 5
     ids = set(read_folder_manifest(feats / "manifest.csv")[0])
