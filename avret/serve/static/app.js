@@ -246,13 +246,18 @@ async function search(state, push) {
     renderResults(answer, block);
     document.title = "avret — " + state.q;
   } catch (err) {
-    if (mine !== generation) return;
-    $("results").innerHTML = "";
-    $("query").innerHTML = "";
-    showError(err.message);
+    searchFailed(mine, err);
   } finally {
     if (mine === generation) setBusy(false);
   }
+}
+
+// A failed search clears the answer, unless a newer search has started since.
+function searchFailed(mine, err) {
+  if (mine !== generation) return;
+  $("results").innerHTML = "";
+  $("query").innerHTML = "";
+  showError(err.message);
 }
 
 $("by-id").addEventListener("submit", (ev) => {
@@ -287,10 +292,7 @@ $("by-file").addEventListener("submit", async (ev) => {
     renderQuery(answer.direction, block.query, null, null, URL.createObjectURL(file));
     renderResults(answer, block);
   } catch (err) {
-    if (mine !== generation) return;
-    $("results").innerHTML = "";
-    $("query").innerHTML = "";
-    showError(err.message);
+    searchFailed(mine, err);
   } finally {
     if (mine === generation) setBusy(false);
   }
