@@ -74,7 +74,7 @@ def serve(
     from avret.index.searcher import Searcher
     from avret.serve.app import create_app
     from avret.serve.guard import KEEP_ALIVE_TIMEOUT, MAX_HEAD_BYTES, guarded_protocol, raise_fd_limit, server_limits
-    from avret.serve.reload import ReloadingSearcher, install
+    from avret.serve.reload import ReloadingSearcher
 
     index = default_path(index, DEMO_INDEX, "index")
     sock = _bind(host, port)  # a port in use: one line before the index is loaded
@@ -87,9 +87,8 @@ def serve(
     from avret.serve.page import configure_request_log, find_report
 
     report_dir = find_report(searcher, report)  # type: ignore[arg-type]
-    app = create_app(searcher, token=token, max_upload_bytes=int(max_upload_mb * 2**20),  # type: ignore[arg-type]
-                     threads=workers_threads, report=report_dir)
-    install(app, searcher, token)
+    app = create_app(searcher, token=token, max_upload_bytes=int(max_upload_mb * 2**20), threads=workers_threads,
+                     report=report_dir)
     configure_request_log()
     limits = server_limits(raise_fd_limit())
 

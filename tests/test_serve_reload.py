@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from avret.index import AVIndex
 from avret.index.searcher import Searcher
 from avret.serve.app import create_app
-from avret.serve.reload import ReloadingSearcher, install
+from avret.serve.reload import ReloadingSearcher
 from avret.utils.atomic import atomic_dir
 
 FP = "e" * 64
@@ -60,9 +60,8 @@ def _open(root: Path) -> Searcher:
 def test_reload_on_request_and_refusals(versions) -> None:
     a, b, live = versions
     holder = ReloadingSearcher(live, _open)
-    app = create_app(holder)  # type: ignore[arg-type]
-    install(app, holder, TOKEN)
-    client = TestClient(app)
+    app = create_app(holder, token=TOKEN)
+    client = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
     assert client.get("/info").json()["indexes"]["audio"]["count"] == 70
     assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
     ok = client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -80,8 +79,7 @@ def test_reload_on_request_and_refusals(versions) -> None:
     assert bad.status_code == 409 and str(live) not in bad.text
     body = {"direction": "video-to-audio", "clip_ids": ["b001"], "k": 5}
     assert client.post("/search", json=body).status_code == 200
-    untokened = create_app(ReloadingSearcher(a, _open))  # type: ignore[arg-type]
-    install(untokened, ReloadingSearcher(a, _open), None)
+    untokened = create_app(ReloadingSearcher(a, _open))
     assert TestClient(untokened).post("/admin/reload").status_code == 403
 
 
@@ -96,8 +94,7 @@ def test_reloads_during_16_concurrent_clients_lose_nothing_and_never_mix(version
         want[name] = {c: s.search_clip_ids("video-to-audio", [c], 10).to_json() for c in shared}
     assert all(want["A"][c] != want["B"][c] for c in want["A"])  # the versions are told apart by every answer
     holder = ReloadingSearcher(live, _open)
-    app = create_app(holder)  # type: ignore[arg-type]
-    install(app, holder, TOKEN)
+    app = create_app(holder, token=TOKEN)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -119,7 +116,7 @@ def test_reloads_during_16_concurrent_clients_lose_nothing_and_never_mix(version
 
         def ask(i: int):
             c = f"s{i % 60:03d}"
-            status, body = post("/search", {"direction": "video-to-audio", "clip_ids": [c], "k": 10})
+            status, body = post("/search", {"direction": "video-to-audio", "clip_ids": [c], "k": 10}, TOKEN)
             return status, c, body
 
         reloads = []
@@ -146,8 +143,7 @@ def test_reloads_during_16_concurrent_clients_lose_nothing_and_never_mix(version
 def test_a_request_keeps_its_version_when_a_reload_lands_in_the_middle(versions) -> None:
     a, b, live = versions
     holder = ReloadingSearcher(live, _open)
-    app = create_app(holder)  # type: ignore[arg-type]
-    install(app, holder, TOKEN)
+    app = create_app(holder, token=TOKEN)
 
     @app.get("/probe")
     def probe() -> dict:  # looks the searcher up, lets a reload land, looks again
@@ -156,6 +152,6 @@ def test_a_request_keeps_its_version_when_a_reload_lands_in_the_middle(versions)
         holder.reload()
         return {"before": before, "after": holder.indexes["audio"].count}
 
-    client = TestClient(app)
+    client = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
     assert client.get("/probe").json() == {"before": 70, "after": 70}  # pinned to the version it started on
     assert client.get("/info").json()["indexes"]["audio"]["count"] == 85  # the next request sees the new one

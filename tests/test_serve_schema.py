@@ -30,10 +30,12 @@ def served(tmp_path_factory, tiny_run, tiny_synth):
     from avret.index.searcher import Searcher
     from avret.io import load_model
     from avret.serve.app import create_app
+    from avret.serve.reload import ReloadingSearcher
 
     out = tmp_path_factory.mktemp("schema") / "index"
     build_indexes(load_model(tiny_run), tiny_synth, out, device="cpu")
-    app = create_app(Searcher(out, load_model=True, device="cpu"), token=TOKEN, max_upload_bytes=200_000)
+    live = ReloadingSearcher(out, lambda root: Searcher(root, load_model=True, device="cpu"))  # as avret serve
+    app = create_app(live, token=TOKEN, max_upload_bytes=200_000)
     return schemathesis.openapi.from_asgi(f"/openapi.json?token={TOKEN}", app)
 
 
@@ -51,7 +53,8 @@ def _validate(case, headers):
 def test_every_operation_keeps_its_contract(served, with_token, mode):
     headers = {"Authorization": f"Bearer {TOKEN}"} if with_token else {}
     operations = [result.ok() for result in served.get_all_operations()]
-    assert {op.path for op in operations} >= {"/health", "/info", "/search", "/search/media", "/media/{clip_id}"}
+    assert {op.path for op in operations} >= {"/health", "/info", "/search", "/search/media", "/media/{clip_id}",
+                                                  "/admin/reload"}
     for op in operations:
         @given(case=op.as_strategy(generation_mode=mode))
         @FUZZ

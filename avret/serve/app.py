@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import quote
 
 import anyio.to_thread
@@ -51,6 +51,9 @@ from avret.errors import AvretError, UnknownClipError
 from avret.index.query import MEDIA_SUFFIXES
 from avret.index.searcher import Searcher
 from avret.serve.guard import UNAUTHORIZED, RequestGuard, token_of
+
+if TYPE_CHECKING:
+    from avret.serve.reload import ReloadingSearcher
 
 #: Largest accepted upload, bytes (``avret serve --max-upload-mb``).
 DEFAULT_MAX_UPLOAD = 50 * 2**20
@@ -111,7 +114,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def create_app(
-    searcher: Searcher,
+    searcher: Searcher | ReloadingSearcher,
     *,
     token: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
@@ -255,6 +258,11 @@ def create_app(
     from avret.serve.page import install as install_page_routes
 
     install_page_routes(app, searcher, authorize, report=report)
+    from avret.serve.reload import ReloadingSearcher
+    from avret.serve.reload import install as install_reload
+
+    if isinstance(searcher, ReloadingSearcher):  # avret serve: POST /admin/reload, requests pinned to a version
+        install_reload(app, searcher, token, authorize)
     return app
 
 

@@ -18,14 +18,13 @@ version, whose files stay readable while open.
 from __future__ import annotations
 
 import contextvars
-import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, HTTPException
+from pydantic import BaseModel
 
 from avret.errors import AvretError
 from avret.index.searcher import Searcher
@@ -127,37 +126,41 @@ class _PinRequest:
             _pinned.reset(token)
 
 
-def install(app: FastAPI, holder: ReloadingSearcher, token: str | None) -> None:
-    """Pin each request of ``app`` to one version and add ``POST /admin/reload`` (needs ``token``).
+class ReloadBody(BaseModel):
+    """``POST /admin/reload``: whether a changed root was swapped in, its version and its counts."""
 
-    ``/admin/reload`` answers ``{"reloaded", "version", "counts"}``; 403 when the server has no token
-    (reloading is then left to the timer), 401 for a wrong one, 409 when the new root cannot be opened
-    (the old one keeps being served).
+    reloaded: bool
+    version: int
+    counts: dict[str, int]
+
+
+def install(app: FastAPI, holder: ReloadingSearcher, token: str | None, authorize: Callable[..., Any]) -> None:
+    """Pin each request of ``app`` to one version and add ``POST /admin/reload`` (behind ``authorize``).
+
+    :func:`avret.serve.app.create_app` calls this when it serves a :class:`ReloadingSearcher`.
+    ``/admin/reload`` answers :class:`ReloadBody`; 403 when the server has no token (reloading is
+    then left to the timer), 401 for a wrong one, 409 when the new root cannot be opened (the old one
+    keeps being served).
     """
     from avret.serve.app import ErrorBody
 
     app.add_middleware(_PinRequest, holder=holder)
     documented: dict[int | str, dict[str, Any]] = {
-        403: {"model": ErrorBody, "description": "the server was started without --token"},
         401: {"model": ErrorBody, "description": "missing or wrong token"},
+        403: {"model": ErrorBody, "description": "the server was started without --token"},
         409: {"model": ErrorBody, "description": "the changed index could not be opened; the old one is served"}}
 
-    @app.post("/admin/reload", responses=documented)
-    def admin_reload(request: Request) -> JSONResponse:
-        """Swap in the index root if it changed on disk (``{"reloaded", "version", "counts"}``)."""
+    @app.post("/admin/reload", dependencies=[Depends(authorize)], responses=documented, response_model=ReloadBody)
+    def admin_reload() -> dict[str, Any]:
+        """Swap in the index root if it changed on disk."""
         if token is None:
-            return JSONResponse({"error": "reload on request needs a server started with --token "
-                                          "(the index is still checked on a timer)"}, status_code=403)
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
-        if not secrets.compare_digest(given.encode(), token.encode()):
-            return JSONResponse({"error": "missing or wrong token (Authorization: Bearer TOKEN)"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(status_code=403, detail="reload on request needs a server started with --token "
+                                                        "(the index is still checked on a timer)")
         try:
             out = holder.reload()
         except Exception:
-            return JSONResponse({"error": "the changed index could not be opened; the previous one is still "
-                                          "served (check it with avret index info)"}, status_code=409)
+            raise HTTPException(status_code=409, detail="the changed index could not be opened; the previous one "
+                                                        "is still served (check it with avret index info)") from None
         current = holder._current  # noqa: SLF001
         out["counts"] = {m: ix.count for m, ix in current.indexes.items()}
-        return JSONResponse(out)
+        return out
