@@ -93,8 +93,12 @@ def run_avret(x: np.ndarray, q: np.ndarray, truth: np.ndarray, budget: int, work
         refused, refused_s = str(exc), round(time.perf_counter() - t0, 2)
         print(f"avret refused: {refused}", flush=True)
         t0 = time.perf_counter()
-        idx = AVIndex.build(x, ids, None, None, modality="visual", model_fingerprint=FP, factory="auto",
-                            max_memory=budget, best_effort=True, progress=progress)
+        try:
+            idx = AVIndex.build(x, ids, None, None, modality="visual", model_fingerprint=FP, factory="auto",
+                                max_memory=budget, best_effort=True, progress=progress)
+        except AvretError as again:  # not even the smallest candidate fits: nothing to build
+            res.update(refused=refused, refused_after_s=refused_s, exit_code=2, best_effort_refused=str(again))
+            return res
     build_s = time.perf_counter() - t0
     path = idx.save(work / f"avret-{budget}")
     del idx
@@ -200,8 +204,9 @@ def main() -> None:
 def write_markdown(name: str, payload: dict) -> None:
     rows = []
     for r in payload["results"]:
-        if "error" in r:
-            rows.append([r["tool"], r.get("budget_bytes", "-"), "error", "-", "-", "-", "-", "-", "-"])
+        if "error" in r or "best_effort_refused" in r:
+            what = "error" if "error" in r else "refused (exit 2)"
+            rows.append([r["tool"], r.get("budget_bytes", "-"), what, "-", "-", "-", "-", "-", "-"])
             continue
         setting = f"nprobe {r.get('nprobe')}" + (f", re-rank x{r['k_factor']}" if r.get("k_factor", 1) > 1 else "") \
             if r["tool"] == "avret auto" else (r.get("index_param") or "")
