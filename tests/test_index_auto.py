@@ -6,6 +6,7 @@ with the smallest budget that would (unless ``--best-effort``).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,29 @@ def test_unreachable_target_is_refused_with_the_smallest_budget(gallery: np.ndar
     assert not t["target_met"] and t["recall"] < 0.999 and t["target_recall"] == 0.999
     small = best.manifest.auto["smallest_budget"]
     assert small["bytes"] > 200 << 10 and str(small["bytes"]) in msg
+
+
+def test_a_budget_nothing_fits_is_refused_with_the_measured_smallest_budget(gallery: np.ndarray) -> None:
+    n, d = gallery.shape
+    smallest = min((c for c in autoindex.candidates(n, d) if not c.exact), key=lambda c: c.nbytes)
+    msgs = []
+    for best_effort in (False, True):  # nothing fits: there is nothing to build, best effort or not
+        with pytest.raises(AvretError) as err:
+            AVIndex.build(gallery, _ids(n), None, None, modality="audio", model_fingerprint=FP, factory="auto",
+                          max_memory=smallest.nbytes - 1, best_effort=best_effort)
+        msgs.append(str(err.value))
+    msg = msgs[0]
+    assert msgs[1] == msg and "\n" not in msg and f"smallest index avret chooses ({smallest.factory})" in msg
+    # measured: the candidates above the budget built smallest first; the first that reaches the target is named
+    found = re.search(r"the smallest budget that reaches --target-recall 0.95 is .*?\((\d+) bytes: (\S+), recall "
+                      r"(0\.\d+); measured", msg)
+    assert found, msg
+    named, factory, recall = int(found[1]), found[2], float(found[3])
+    assert named >= smallest.nbytes and recall >= 0.95
+    ix = AVIndex.build(gallery, _ids(n), None, None, modality="audio", model_fingerprint=FP, factory="auto",
+                       max_memory=named)  # and that budget is enough
+    assert ix.manifest.tuning["target_met"] and ix.manifest.auto["estimated_bytes"] <= named
+    assert factory in [c["factory"] for c in ix.manifest.auto["candidates"]]
 
 
 # ---------------------------------------------------------------------- CLI: refusal, best effort, info

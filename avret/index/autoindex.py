@@ -43,7 +43,9 @@ Rules, first that applies:
    refused (exit 2) naming the smallest budget that does -- found by building the candidates above
    the budget smallest first -- unless ``best_effort``. (OPQ rotations are no longer tried: with
    the re-rank they add little recall and cost most of the training time.)
-5. Nothing fits: an error naming the smallest candidate and its size.
+5. Nothing fits: refused (exit 2, even with ``best_effort``) naming the smallest candidate and its size
+   and -- measured as in rule 4, the candidates built smallest first -- the smallest budget that reaches
+   the target.
 
 ``nlist`` is the largest power of two ``<= 4 sqrt(n)``, at most ``n / 39`` (FAISS wants 39 training
 points a centroid) and at most 65 536. Training uses a seeded sample of
@@ -168,6 +170,17 @@ def estimate_bytes(kind: str, n: int, d: int, nlist: int = 0, m: int = 0) -> int
     raise ValueError(f"unknown index kind {kind!r}")
 
 
+class BudgetTooSmall(AvretError):
+    """Not one index avret chooses fits the budget (rule 5). The message names the smallest one; given the
+    vectors, :meth:`avret.index.store.AVIndex.build` then measures the smallest budget that reaches the target
+    (:func:`smallest_budget`) and refuses naming it."""
+
+    def __init__(self, n: int, d: int, max_memory: int, smallest: Candidate) -> None:
+        self.head = (f"--max-memory {format_size(max_memory)} is too small for {n} x {d} vectors: the smallest "
+                     f"index avret chooses ({smallest.factory}) takes {format_size(smallest.nbytes)}")
+        super().__init__(f"{self.head}; raise --max-memory")
+
+
 def choose_factory(n: int, d: int, max_memory: int | None = None) -> tuple[str, str, int]:
     """``(factory, reason, estimated bytes)`` for ``n`` vectors of width ``d`` within ``max_memory`` bytes.
 
@@ -201,9 +214,8 @@ def choose_factory(n: int, d: int, max_memory: int | None = None) -> tuple[str, 
                 f"compressed candidates that fit, built and measured: {', '.join(c.factory for c in short)}",
                 best.nbytes)
     smallest = min((c for c in candidates(n, d) if not c.exact), key=lambda c: c.nbytes)
-    raise AvretError(f"--max-memory {format_size(max_memory or 0)} is too small for {n} x {d} vectors: the smallest "
-                     f"index avret chooses ({smallest.factory}) takes {format_size(smallest.nbytes)}; "
-                     "raise --max-memory")
+    raise BudgetTooSmall(n, d, max_memory or 0, smallest)
+
 
 
 def needs_selection(factory: str) -> bool:
@@ -708,10 +720,8 @@ def select(x: np.ndarray, budget: int | None, target: float, q_rows: np.ndarray,
            seed: int = 0, progress: Callable[[str], None] | None = None) -> Selection:
     """Build and measure the :func:`shortlist` under ``budget``; keep the fastest that reaches ``target``.
 
-    When none reaches it, the candidates above the budget are built smallest first (at most
-    :data:`MAX_ABOVE_BUDGET`, then the exact IVF-Flat, whose recall at full nprobe is 1 by
-    construction) until one does: ``smallest_budget`` records it (bytes, factory, measured recall,
-    how found).
+    When none reaches it, ``smallest_budget`` records the smallest budget that does, measured by
+    :func:`smallest_budget` (bytes, factory, measured recall, how found).
     """
     n, d = x.shape
     results = []
@@ -723,28 +733,46 @@ def select(x: np.ndarray, budget: int | None, target: float, q_rows: np.ndarray,
     chosen = best["_index"]
     for r in results:  # one index in memory at a time beyond the chosen one
         r.pop("_index", None)
-    smallest = None
-    if not met:
-        above = [c for c in candidates(n, d) if budget is not None and c.nbytes > budget and not c.exact]
-        for cand in above[:MAX_ABOVE_BUDGET]:
-            _, t_rows = split_rows(n, len(q_rows), training_rows(faiss.index_factory(d, cand.factory), n), seed)
-            res = evaluate(cand, x, q_rows, t_rows, exact_ids, target, progress)
-            res.pop("_index")
-            res["above_budget"] = True
-            results.append(res)
-            if res["target_met"]:
-                smallest = {"bytes": res["estimated_bytes"], "factory": res["factory"], "recall": res["recall"],
-                            "how": "measured: the candidates above the budget built smallest first"}
-                break
-        if smallest is None:
-            exact = next(c for c in candidates(n, d) if c.family == "ivf-flat")
-            smallest = {"bytes": exact.nbytes, "factory": exact.factory, "recall": 1.0,
-                        "how": f"the exact {exact.factory} (recall 1 at full nprobe); the "
-                               f"{min(len(above), MAX_ABOVE_BUDGET)} smaller candidates above the budget "
-                               "built missed the target"}
+    smallest = None if met else smallest_budget(x, budget, target, q_rows, exact_ids, seed, progress, results)
     return Selection(factory=best["factory"], nprobe=best["nprobe"], k_factor=best["k_factor"],
                      recall=best["recall"], target_met=best["target_met"], candidates=results,
                      smallest_budget=smallest, index=chosen)
+
+
+def tuning_queries(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded gallery rows every candidate is measured on and their exact top-``TUNE_K`` ids."""
+    rows, _ = split_rows(len(x), TUNE_SAMPLE, 0, seed)
+    return rows, exact_topk(np.ascontiguousarray(x[rows]), x, TUNE_K)[1]
+
+
+def smallest_budget(x: np.ndarray, budget: int | None, target: float, q_rows: np.ndarray, exact_ids: np.ndarray,
+                    seed: int = 0, progress: Callable[[str], None] | None = None,
+                    measured: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The smallest budget whose index reaches ``target``, measured: the compressed candidates above
+    ``budget`` built smallest first (at most :data:`MAX_ABOVE_BUDGET`), then the exact IVF-Flat, whose
+    recall at full nprobe is 1 by construction. Each measurement is appended to ``measured``."""
+    n, d = x.shape
+    above = [c for c in candidates(n, d) if budget is not None and c.nbytes > budget and not c.exact]
+    for cand in above[:MAX_ABOVE_BUDGET]:
+        _, t_rows = split_rows(n, len(q_rows), training_rows(faiss.index_factory(d, cand.factory), n), seed)
+        res = evaluate(cand, x, q_rows, t_rows, exact_ids, target, progress)
+        res.pop("_index")
+        res["above_budget"] = True
+        if measured is not None:
+            measured.append(res)
+        if res["target_met"]:
+            return {"bytes": res["estimated_bytes"], "factory": res["factory"], "recall": res["recall"],
+                    "how": "measured: the candidates above the budget built smallest first"}
+    exact = next(c for c in candidates(n, d) if c.family == "ivf-flat")
+    return {"bytes": exact.nbytes, "factory": exact.factory, "recall": 1.0,
+            "how": f"the exact {exact.factory} (recall 1 at full nprobe); the "
+                   f"{min(len(above), MAX_ABOVE_BUDGET)} smaller candidates above the budget built missed the target"}
+
+
+def describe_smallest(small: dict[str, Any]) -> str:
+    """A :func:`smallest_budget` result in words: size, bytes, factory, measured recall, how found."""
+    return (f"{format_size(small['bytes'])} ({small['bytes']} bytes: "
+            f"{small['factory']}, recall {small['recall']:.3f}; {small['how']})")
 
 
 def refusal(n: int, d: int, budget: int | None, target: float, sel: Selection) -> str:
@@ -754,6 +782,5 @@ def refusal(n: int, d: int, budget: int | None, target: float, sel: Selection) -
             f"{n} x {d} vectors (best measured: {best['factory']}, recall@{TUNE_K} {best['recall']:.3f})")
     small = sel.smallest_budget
     if small is not None:
-        line += (f"; the smallest budget that does is {format_size(small['bytes'])} ({small['bytes']} bytes: "
-                 f"{small['factory']}, recall {small['recall']:.3f}; {small['how']})")
+        line += "; the smallest budget that does is " + describe_smallest(small)
     return line + "; raise --max-memory, lower --target-recall or pass --best-effort"

@@ -19,7 +19,7 @@ import numpy as np
 from avret.data.dataset import AVDataset
 from avret.data.registry import dataset_ref
 from avret.errors import AvretError, DataError, ModelError
-from avret.index.autoindex import choose_factory, parse_size
+from avret.index.autoindex import BudgetTooSmall, choose_factory, parse_size
 from avret.index.searcher import MEDIA_FILE, media_table
 from avret.index.store import AVIndex
 from avret.models.base import Embedder
@@ -58,7 +58,10 @@ def build_indexes(
     if len(gallery) == 0:
         raise DataError(f"{dataset.name}: split '{split}' has no clips to index")
     if factory == "auto":  # a budget too small for this gallery is refused before anything is embedded
-        choose_factory(len(gallery), model.embed_dim, None if max_memory is None else parse_size(max_memory))
+        try:
+            choose_factory(len(gallery), model.embed_dim, None if max_memory is None else parse_size(max_memory))
+        except BudgetTooSmall:
+            pass  # refused after embedding, naming the smallest budget measured on the vectors (AVIndex.build)
     built: dict[str, AVIndex] = {}
     with atomic_dir(out) as tmp:
         mark_output(tmp, INDEX_KIND)

@@ -428,20 +428,26 @@ class AVIndex:
         requested = device
         choose_backend(device, True)  # an unknown device is refused before any work
         auto = None
-        if factory == "auto":
-            budget = None if max_memory is None else autoindex.parse_size(max_memory)
-            factory, reason, est = autoindex.choose_factory(n, d, budget)
-            auto = {"reason": reason, "max_memory": budget, "estimated_bytes": int(est)}
-        elif max_memory is not None or target_recall is not None:
+        if factory != "auto" and (max_memory is not None or target_recall is not None):
             raise AvretError("max_memory and target_recall apply to factory 'auto' only")
         target = autoindex.DEFAULT_TARGET_RECALL if target_recall is None else target_recall
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
             raise AvretError(f"target_recall must be a number in (0, 1], got {target_recall!r}")
+        if factory == "auto":
+            budget = None if max_memory is None else autoindex.parse_size(max_memory)
+            try:
+                factory, reason, est = autoindex.choose_factory(n, d, budget)
+            except autoindex.BudgetTooSmall as small:  # name the smallest budget that reaches the target, measured
+                _check_finite(x, None)
+                rows, exact = autoindex.tuning_queries(x, seed)
+                found = autoindex.smallest_budget(x, budget, float(target), rows, exact, seed, progress)
+                raise AvretError(f"{small.head}; the smallest budget that reaches --target-recall {float(target)} is "
+                                 f"{autoindex.describe_smallest(found)}; raise --max-memory") from None
+            auto = {"reason": reason, "max_memory": budget, "estimated_bytes": int(est)}
         selection = None
         if auto is not None and autoindex.needs_selection(factory):
             _check_finite(x, None)
-            sel_rows, _ = autoindex.split_rows(n, autoindex.TUNE_SAMPLE, 0, seed)
-            sel_exact = autoindex.exact_topk(np.ascontiguousarray(x[sel_rows]), x, autoindex.TUNE_K)[1]
+            sel_rows, sel_exact = autoindex.tuning_queries(x, seed)
             selection = autoindex.select(x, auto["max_memory"], float(target), sel_rows, sel_exact, seed, progress)
             if not selection.target_met and not best_effort:
                 raise AvretError(autoindex.refusal(n, d, auto["max_memory"], float(target), selection))
