@@ -84,6 +84,9 @@ def build(
                    f"backend {index.backend} {index.precision})")
         if m.auto is not None:
             typer.echo(f"  auto: {m.auto['reason']}")
+        if m.build is not None:
+            typer.echo(f"  built in {m.build['seconds']:.1f} s ({m.build['seconds_per_million']:.1f} s per million "
+                       "vectors; choosing and tuning included)")
         if m.tuning is not None:
             t = m.tuning
             met = "" if t["target_met"] else f" (target {t['target_recall']} not reachable with this index)"
@@ -117,7 +120,7 @@ def info(
     out["clip_ids"] = [str(c) for c in first.clip_ids[:sample].tolist()]
     for modality, ix in searcher.indexes.items():
         m = ix.manifest
-        out["indexes"][modality].update(shards=m.shards, auto=m.auto, tuning=m.tuning)
+        out["indexes"][modality].update(shards=m.shards, auto=m.auto, tuning=m.tuning, build=m.build)
     if as_json:
         echo_json(out)
         return
@@ -130,6 +133,8 @@ def info(
             t = v["tuning"]
             line += f", recall@{t['k']} {t['recall']:.3f} (target {t['target_recall']}" + \
                 ("" if t["target_met"] else ", not met") + ")"
+        if v["build"]:
+            line += f", built in {v['build']['seconds']:.1f} s ({v['build']['seconds_per_million']:.1f} s per million)"
         typer.echo(line)
     typer.echo(f"  directions: {', '.join(out['directions'])}")
     typer.echo(f"  classes ({len(out['class_counts'])}): "

@@ -100,6 +100,8 @@ def test_manifest_contents_and_files(saved: Path) -> None:
     assert m["dataset"] == "synthetic" and m["created_at"]
     assert set(m["versions"]) >= {"avret", "faiss", "numpy", "python"}
     assert IndexManifest.from_dict(m).to_dict() == m
+    assert m["build"]["seconds"] >= 0 and m["build"]["seconds_per_million"] == pytest.approx(
+        m["build"]["seconds"] * 1e6 / N, abs=0.0005 * 1e6 / N + 1e-3)  # seconds are rounded to 1 ms
     meta = json.loads((saved / "metadata.json").read_text())
     assert len(meta["clip_ids"]) == len(meta["labels"]) == N
 
@@ -211,6 +213,8 @@ def test_save_refuses_to_overwrite_a_non_index_directory(built: AVIndex, tmp_pat
         ({"versions.faiss": "0.9.0"}, r"manifest.json: index was written by faiss 0.9.0"),
         ({"metric": "l2"}, r"manifest.json: field 'metric'"),
         ({"model_fingerprint": ""}, r"manifest.json: field 'model_fingerprint'"),
+        ({"build": {"seconds": -1, "seconds_per_million": 0}}, r"manifest.json: field 'build' must be null or"),
+        ({"build": "fast"}, r"manifest.json: field 'build' must be null or"),
     ],
 )
 def test_load_refuses_tampered_manifest(saved: Path, changes: dict, match: str) -> None:

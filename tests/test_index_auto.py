@@ -126,6 +126,10 @@ def test_auto_under_a_budget_meets_its_recorded_recall(gallery: np.ndarray, tmp_
     exact = np.argsort(-(gallery[rows] @ gallery.T), axis=1, kind="stable")[:, :10]
     measured = _recall(loaded.search(gallery[rows], 10).rows, exact)  # stored nprobe and k_factor by default
     assert abs(measured - t["recall"]) <= 0.002
+    # the build time, choosing and tuning included, per million vectors too
+    b = m.build
+    assert b["seconds"] > 0 and b["seconds_per_million"] == pytest.approx(b["seconds"] * 1e6 / n, abs=0.0005 * 1e6 / n + 1e-3)
+    assert b["seconds"] >= sum(c["build_s"] for c in m.auto["candidates"]) * 0.99
 
 
 def test_unreachable_target_is_refused_with_the_smallest_budget(gallery: np.ndarray, monkeypatch) -> None:
@@ -191,6 +195,8 @@ def test_cli_refuses_then_builds_with_best_effort(tiny_run, tmp_path: Path, monk
     assert tuning["target_met"] is False and tuning["target_recall"] == 0.999
     info = invoke("index", "info", out)
     assert info.exit_code == 0 and f"recall@10 {tuning['recall']:.3f} (target 0.999, not met)" in info.stdout
+    build = json.loads((out / "audio" / "manifest.json").read_text())["build"]
+    assert f"built in {build['seconds']:.1f} s ({build['seconds_per_million']:.1f} s per million)" in info.stdout
 
 
 def test_best_effort_needs_auto(tiny_run, tmp_path: Path) -> None:

@@ -278,11 +278,12 @@ def test_manifest_without_the_new_fields_still_loads(tmp_path: Path) -> None:
     x = _clustered(50, 8)
     path = AVIndex.build(x, _ids(50), None, None, modality="visual", model_fingerprint=FP).save(tmp_path / "old")
     m = json.loads((path / "manifest.json").read_text())
-    for key in ("shards", "ivfdata", "auto", "tuning"):
+    for key in ("shards", "ivfdata", "auto", "tuning", "build"):
         del m[key]
     (path / "manifest.json").write_text(json.dumps(m))
     loaded = AVIndex.load(path)
     assert loaded.manifest.shards == 1 and loaded.manifest.tuning is None and loaded.count == 50
+    assert loaded.manifest.build is None
 
 
 # ---------------------------------------------------------------------- bad options: one line, exit 2, nothing written

@@ -71,6 +71,9 @@ class IndexManifest:
     tuning: dict[str, Any] | None = None
     #: What searched when the index was built: ``{"name": "faiss"|"torch", "device": "cpu"|"cuda", "precision"}``.
     backend: dict[str, Any] | None = None
+    #: How long :meth:`~avret.index.store.AVIndex.build` took: ``{"seconds", "seconds_per_million"}`` (wall clock,
+    #: choosing and tuning included; embedding the clips not). Kept as is by ``index add``/``remove``.
+    build: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,6 +161,12 @@ class IndexManifest:
                                         and isinstance(backend.get("device"), str)):
             raise IndexError_(f"{source}: field 'backend' must be null or an object with string 'name' and 'device', "
                               f"got {backend!r}")
+        build = d.get("build")
+        if build is not None and not (isinstance(build, dict) and all(
+                isinstance(build.get(k), (int, float)) and not isinstance(build.get(k), bool) and build[k] >= 0
+                for k in ("seconds", "seconds_per_million"))):
+            raise IndexError_(f"{source}: field 'build' must be null or an object with numbers 'seconds' and "
+                              f"'seconds_per_million' >= 0, got {build!r}")
         # Fields this version does not know are ignored: additions that do not change the meaning
         # of the known ones need no new format_version.
         return cls(
@@ -177,4 +186,5 @@ class IndexManifest:
             auto=auto,
             tuning=tuning,
             backend=backend,
+            build=build,
         )

@@ -34,6 +34,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -427,6 +428,7 @@ class AVIndex:
 
         requested = device
         choose_backend(device, True)  # an unknown device is refused before any work
+        started = time.perf_counter()
         auto = None
         if factory != "auto" and (max_memory is not None or target_recall is not None):
             raise AvretError("max_memory and target_recall apply to factory 'auto' only")
@@ -559,6 +561,8 @@ class AVIndex:
             auto=auto,
             tuning=tuning,
         )
+        seconds = time.perf_counter() - started
+        manifest.build = {"seconds": round(seconds, 3), "seconds_per_million": round(seconds * 1e6 / n, 3)}
         if plan.name == "torch":
             built = cls(index, manifest, ids, labs, names, device=device, embeddings=emb, ivfdata=ivfdata,
                         precision=precision)
