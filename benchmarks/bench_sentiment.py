@@ -31,7 +31,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from avret.sentiment.data import (  # noqa: E402
+from avret.sentiment.label_files import (  # noqa: E402
     SentimentExample,
     default_data_path,
     load_label_csv,
@@ -39,8 +39,8 @@ from avret.sentiment.data import (  # noqa: E402
 )
 from avret.sentiment.metrics import METRIC_NAMES, json_safe, metrics_table, sentiment_metrics  # noqa: E402
 from avret.sentiment.probe import embed_texts, ridge_select  # noqa: E402
+from avret.sentiment.student_training import SentimentTrainConfig, train_student, write_student_run  # noqa: E402
 from avret.sentiment.teacher_scores import teacher_scores_from_videoadviser  # noqa: E402
-from avret.sentiment.train import SentimentTrainConfig, train_student, write_student_run  # noqa: E402
 
 try:
     from benchmarks._common import machine_info, write_results

@@ -33,7 +33,7 @@ DISTILL_SOURCES = ("videoadviser",)
 
 
 def _load(data: Path | None, dataset: str = "mosi") -> tuple[Path, list[Any]]:
-    from avret.sentiment.data import load_label_csv, resolve_label_csv
+    from avret.sentiment.label_files import load_label_csv, resolve_label_csv
 
     path = resolve_label_csv(data, dataset)
     return path, load_label_csv(path)
@@ -73,9 +73,9 @@ def train(
 ) -> None:
     """Fine-tune the student (best dev-MAE epoch kept), evaluate test once, write RUN (model/ + run.json)."""
     from avret.errors import AvretError
-    from avret.sentiment.data import check_teacher_coverage, read_teacher_scores
+    from avret.sentiment.label_files import check_teacher_coverage, read_teacher_scores
     from avret.sentiment.metrics import metrics_table
-    from avret.sentiment.train import SentimentTrainConfig, train_student, write_student_run
+    from avret.sentiment.student_training import SentimentTrainConfig, train_student, write_student_run
     from avret.utils.atomic import SENTIMENT_RUN_KIND, check_output
     from avret.utils.device import resolve_device
 
@@ -133,7 +133,7 @@ def train(
 
 def _evaluate(model_dir: Path, data_path: Path, examples: list[Any], split: str) -> dict[str, Any]:
     from avret.errors import DataError
-    from avret.sentiment.data import by_split
+    from avret.sentiment.label_files import by_split
     from avret.sentiment.metrics import sentiment_metrics
     from avret.sentiment.student import SentimentStudent
 
@@ -179,7 +179,7 @@ def eval_dataset_command(dataset: str, data: Path | None, model: Path,
     Raises AvretError (one line) on an unknown dataset, bad data or a broken run directory.
     """
     from avret.errors import DataError
-    from avret.sentiment.data import DATASETS
+    from avret.sentiment.label_files import DATASETS
     from avret.sentiment.metrics import json_safe, metrics_table
     from avret.utils.atomic import REPORT_KIND, check_report_out, write_json
 
@@ -206,7 +206,7 @@ def predict(
 ) -> None:
     """Print one sentiment score (about -3 .. 3) per text: ``score<TAB>text``."""
     from avret.errors import AvretError
-    from avret.sentiment.data import read_lines
+    from avret.sentiment.label_files import read_lines
     from avret.sentiment.student import SentimentStudent
 
     items = list(texts or [])

@@ -142,7 +142,7 @@ def _warm_imports() -> None:
 
     import torch
 
-    for name in ("avret.train.runs", "avret.distill.pipeline", "avret.index.build", "avret.sentiment.train",
+    for name in ("avret.train.runs", "avret.distill.pipeline", "avret.index.build", "avret.sentiment.student_training",
                  "avret.features.extract", "avret.data.folder", "avret.io", "faiss", "avret.sentiment.student",
                  "transformers.models.roberta.modeling_roberta", "transformers.models.auto.modeling_auto",
                  "transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_fast",

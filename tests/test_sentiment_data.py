@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from avret.errors import DataError
-from avret.sentiment.data import (
+from avret.sentiment.label_files import (
     by_split,
     check_teacher_coverage,
     default_data_path,

@@ -17,12 +17,12 @@ import torch
 
 from avret.errors import AvretError, DataError, ModelError
 from avret.io import load_model
-from avret.sentiment.data import SentimentExample
-from avret.sentiment.distill import distillation_loss
+from avret.sentiment.label_files import SentimentExample
 from avret.sentiment.probe import embed_texts, fit_ridge, ridge_select
 from avret.sentiment.student import SentimentStudent
+from avret.sentiment.student_loss import distillation_loss
+from avret.sentiment.student_training import SentimentTrainConfig, linear_schedule, param_groups, train_student
 from avret.sentiment.tiny import make_tiny_roberta
-from avret.sentiment.train import SentimentTrainConfig, linear_schedule, param_groups, train_student
 
 torch.set_num_threads(2)
 
@@ -227,7 +227,7 @@ def test_ridge_closed_form_and_selection(encoder_dir: Path) -> None:
 
 
 def test_ridge_head_init_reproduces_the_probe(encoder_dir: Path) -> None:
-    from avret.sentiment.train import init_head_by_ridge
+    from avret.sentiment.student_training import init_head_by_ridge
 
     ex = tiny_examples()
     train = [e for e in ex if e.split == "train"]

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from avret.errors import DataError, ModelError
-from avret.sentiment.data import SentimentExample
+from avret.sentiment.label_files import SentimentExample
 from avret.sentiment.metrics import json_safe, sentiment_metrics
 
 #: A small open_clip architecture for the random-init fallback (only its text tower is used), shipped

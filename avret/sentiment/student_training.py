@@ -30,10 +30,10 @@ import torch
 
 from avret.errors import DataError
 from avret.io import write_run
-from avret.sentiment.data import SentimentExample, by_split, write_teacher_scores
-from avret.sentiment.distill import LOSSES, distillation_loss
+from avret.sentiment.label_files import SentimentExample, by_split, write_teacher_scores
 from avret.sentiment.metrics import json_safe, sentiment_metrics
 from avret.sentiment.student import SentimentStudent
+from avret.sentiment.student_loss import LOSSES, distillation_loss
 from avret.train.loop import PRECISIONS, Callback, FitConfig, FitState, OptimSettings, fit
 from avret.utils.device import resolve_device
 from avret.utils.seeding import seed_everything
@@ -229,7 +229,7 @@ def train_student(
         cfg: hyper-parameters (``cfg.device``/``cfg.precision`` say where and how :func:`fit` runs).
         encoder: local Hugging Face encoder folder (None = the offline MiniLM default).
         teacher_scores: ``id -> teacher score`` covering the train split; enables distillation with
-            ``cfg.alpha`` (see :mod:`avret.sentiment.distill`).
+            ``cfg.alpha`` (see :mod:`avret.sentiment.student_loss`).
         progress: ``progress(phase, done, total)`` after every training step (phase ``"epoch N/E"``),
             for the CLI.
         evaluate_test: evaluate the test split once with the selected weights.
