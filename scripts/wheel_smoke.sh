@@ -23,9 +23,10 @@ OWN=$("$TMP/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["
 echo "$DEPS" > "$OWN/zz_avret_smoke_deps.pth"
 
 FILES=$("$TMP/venv/bin/python" -m pip show -f avret)
-if echo "$FILES" | grep -qE '^\s+cli/'; then echo "wheel smoke: the wheel installs a top-level 'cli' package" >&2; exit 1; fi
+# grep reads a here-string, not a pipe: `echo | grep -q` under pipefail fails when grep quits early (SIGPIPE)
+if grep -qE '^\s+cli/' <<<"$FILES"; then echo "wheel smoke: the wheel installs a top-level 'cli' package" >&2; exit 1; fi
 for f in LICENSE THIRD_PARTY_NOTICES.md; do
-  echo "$FILES" | grep -q "licenses/$f" || { echo "wheel smoke: $f is not in the wheel" >&2; exit 1; }
+  grep -q "licenses/$f" <<<"$FILES" || { echo "wheel smoke: $f is not in the wheel" >&2; exit 1; }
 done
 
 cd "$TMP"  # nothing of the source tree on the path from here on
