@@ -163,7 +163,7 @@ def test_a_budget_nothing_fits_is_refused_with_the_measured_smallest_budget(gall
     assert msgs[1] == msg and "\n" not in msg and f"smallest index avret chooses ({smallest.factory})" in msg
     # measured: the candidates above the budget built smallest first; the first that reaches the target is named
     found = re.search(r"the smallest budget that reaches --target-recall 0.95 is .*?\((\d+) bytes: (\S+), recall "
-                      r"(0\.\d+); measured", msg)
+                      r"([01]\.\d+); measured", msg)
     assert found, msg
     named, factory, recall = int(found[1]), found[2], float(found[3])
     assert named >= smallest.nbytes and recall >= 0.95
